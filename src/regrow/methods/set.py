@@ -1,0 +1,21 @@
+"""SET (Mocanu et al. 2018, "Scalable training of artificial neural networks with
+adaptive sparse connectivity"): every ΔT steps drop the ⌊α_t·|Θ_K|⌋ smallest-|w|
+active weights of each layer and grow as many inactive ones uniformly at random
+(scores U(0,1) from the method's seeded generator), new weights 0."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ..criteria import CRITERIA
+from .base import METHODS, DropGrowMethod
+
+
+@METHODS.register("set")
+class SET(DropGrowMethod):
+    name = "set"
+
+    def grow_scores(self, step: int) -> Dict[str, torch.Tensor]:
+        rnd = CRITERIA.get("random")
+        return {n: rnd(self.params[n], None, self.generator) for n in self.names}

@@ -1,0 +1,70 @@
+"""Structure-update measurements (IEE §4.4, DST-EE §3): mask IoU, survival rate,
+exploration degree.
+
+* IoU(A, B) = |A ∩ B| / |A ∪ B| over all sparse weights.
+* survival rate at update u+1 = |G_u ∩ K'_{u+1}| / |G_u|, G_u the weights grown at
+  update u and K'_{u+1} the active set right after the prune of update u+1.
+* exploration degree R = |weights ever active| / |sparse weights| (DST-EE, Eq. 3).
+
+The tracker keeps its memory (bool masks only) inside ``SparseState.buffers`` so it
+resumes with everything else.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from .state import SparseState
+
+Masks = Dict[str, torch.Tensor]
+
+EVER = "tracker.ever_active"
+PREV_PRUNE = "tracker.prev_after_prune"
+LAST_GROWN = "tracker.last_grown"
+
+
+def mask_iou(a: Masks, b: Masks) -> float:
+    inter = sum(int((a[k] & b[k]).sum()) for k in a)
+    union = sum(int((a[k] | b[k]).sum()) for k in a)
+    return inter / union if union else 1.0
+
+
+def exploration_degree(state: SparseState) -> float:
+    ever = state.buffers.get(EVER)
+    if not ever:
+        return state.density()
+    return sum(int(m.sum()) for m in ever.values()) / sum(m.numel() for m in ever.values())
+
+
+def start_tracking(state: SparseState) -> None:
+    state.buffers[EVER] = {k: m.clone() for k, m in state.masks.items()}
+
+
+def record_update(
+    state: SparseState, before: Masks, after_prune: Optional[Masks], after_grow: Masks
+) -> Dict[str, float]:
+    """Update the tracker with one structure update and return its metrics."""
+    out: Dict[str, float] = {}
+    if EVER not in state.buffers:
+        start_tracking(state)
+    ever = state.buffers[EVER]
+    for k, m in after_grow.items():
+        ever[k] |= m
+    out["exploration_degree"] = exploration_degree(state)
+    out["iou_grow"] = mask_iou(after_grow, before)
+    if after_prune is not None:
+        prev = state.buffers.get(PREV_PRUNE)
+        if prev:
+            out["iou_prune"] = mask_iou(after_prune, prev)
+        last = state.buffers.get(LAST_GROWN)
+        if last:
+            n_grown = sum(int(g.sum()) for g in last.values())
+            if n_grown:
+                alive = sum(int((last[k] & after_prune[k]).sum()) for k in last)
+                out["survival_rate"] = alive / n_grown
+        state.buffers[PREV_PRUNE] = {k: m.clone() for k, m in after_prune.items()}
+        state.buffers[LAST_GROWN] = {k: after_grow[k] & ~after_prune[k] for k in after_grow}
+        out["n_pruned"] = sum(int((before[k] & ~after_prune[k]).sum()) for k in before)
+        out["n_grown"] = sum(int(g.sum()) for g in state.buffers[LAST_GROWN].values())
+    return out

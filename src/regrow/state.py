@@ -1,0 +1,108 @@
+"""`SparseState`: every piece of mutable sparsity state, in one place.
+
+Masks are bool tensors keyed by parameter FQN. Target counts are integers so that
+"exact density" has one meaning. Dormant values (the most recently used values of
+inactive weights, IEE §3.1 "MRU") and per-method tensors/counters are optional and
+only exist for methods that need them.
+"""
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+_SCHEMA = "regrow.SparseState/1"
+
+
+@dataclass
+class SparseState:
+    masks: Dict[str, torch.Tensor]
+    targets: Dict[str, int]
+    step: int = 0
+    dormant: Dict[str, torch.Tensor] = field(default_factory=dict)
+    buffers: Dict[str, Dict[str, torch.Tensor]] = field(default_factory=dict)
+    counters: Dict[str, Any] = field(default_factory=dict)
+
+    # ---- derived views -------------------------------------------------------
+    def numel(self, name: str) -> int:
+        return self.masks[name].numel()
+
+    def active(self, name: str) -> int:
+        return int(self.masks[name].sum())
+
+    def density(self, name: Optional[str] = None) -> float:
+        """Density of one tensor, or of all sparse tensors together."""
+        if name is not None:
+            return self.active(name) / self.numel(name)
+        total = sum(m.numel() for m in self.masks.values())
+        return sum(int(m.sum()) for m in self.masks.values()) / total
+
+    def target_density(self, name: Optional[str] = None) -> float:
+        if name is not None:
+            return self.targets[name] / self.numel(name)
+        total = sum(m.numel() for m in self.masks.values())
+        return sum(self.targets.values()) / total
+
+    def layer_densities(self) -> Dict[str, float]:
+        return {n: self.density(n) for n in self.masks}
+
+    # ---- persistence ---------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "schema": _SCHEMA,
+            "masks": {k: v.detach().clone() for k, v in self.masks.items()},
+            "targets": dict(self.targets),
+            "step": self.step,
+            "dormant": {k: v.detach().clone() for k, v in self.dormant.items()},
+            "buffers": {
+                b: {k: v.detach().clone() for k, v in d.items()} for b, d in self.buffers.items()
+            },
+            "counters": copy.deepcopy(self.counters),
+        }
+
+    def load_state_dict(self, sd: Dict[str, Any]) -> None:
+        if not isinstance(sd, dict) or sd.get("schema") != _SCHEMA:
+            raise ValueError(
+                f"not a regrow SparseState state_dict (expected schema '{_SCHEMA}', "
+                f"got {sd.get('schema') if isinstance(sd, dict) else type(sd).__name__!r})"
+            )
+        if set(sd["masks"]) != set(self.masks):
+            missing = sorted(set(self.masks) - set(sd["masks"]))
+            extra = sorted(set(sd["masks"]) - set(self.masks))
+            raise ValueError(
+                f"SparseState masks do not match this model: missing {missing}, unexpected {extra}"
+            )
+        for k, m in sd["masks"].items():
+            if m.shape != self.masks[k].shape:
+                raise ValueError(
+                    f"mask '{k}' has shape {tuple(m.shape)} in the checkpoint "
+                    f"but {tuple(self.masks[k].shape)} in the model"
+                )
+            self.masks[k] = m.to(self.masks[k].device, torch.bool).clone()
+        device = {k: m.device for k, m in self.masks.items()}
+        self.targets = dict(sd["targets"])
+        self.step = int(sd["step"])
+        self.dormant = {k: v.to(device.get(k, v.device)).clone() for k, v in sd["dormant"].items()}
+        self.buffers = {
+            b: {k: v.to(device.get(k, v.device)).clone() for k, v in d.items()}
+            for b, d in sd["buffers"].items()
+        }
+        self.counters = copy.deepcopy(sd["counters"])
+
+
+def mask_checksum(masks: Dict[str, torch.Tensor]) -> int:
+    """CRC32 over every mask's packed bits, in name order.
+
+    Cheap enough to compare across ranks at every structure update: equal
+    checksums mean (with overwhelming probability) identical masks.
+    """
+    crc = 0
+    for name in sorted(masks):
+        crc = zlib.crc32(name.encode(), crc)
+        bits = np.packbits(masks[name].detach().to("cpu", torch.bool).numpy().ravel())
+        crc = zlib.crc32(bits.tobytes(), crc)
+    return crc
