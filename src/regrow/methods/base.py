@@ -363,6 +363,12 @@ class SparseMethod:
     def layer_densities(self) -> Dict[str, float]:
         return self.state.layer_densities()
 
+    def live_masks(self) -> Dict[str, torch.Tensor]:
+        """Where parameters may be non-zero right now (after every optimizer step every
+        entry outside these masks is exactly 0.0). Methods that temporarily train inactive
+        weights (IEE's Reactivate & Explore) widen it."""
+        return self.state.masks
+
     def expected_counts(self) -> Dict[str, int]:
         """The active count each layer must hold right now (tests check it exactly)."""
         return dict(self.state.targets)
