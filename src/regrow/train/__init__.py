@@ -1,0 +1,1 @@
+"""Experiment harness: datasets, models, training loop, checkpoints, distributed helpers."""

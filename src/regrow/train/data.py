@@ -1,0 +1,457 @@
+"""Datasets for the experiment harness, by name: ``load_dataset("mnist1d")``.
+
+Every loader returns a :class:`DatasetBundle` whose datasets yield ``(x, y)`` with
+``x`` a float tensor of shape ``input_shape`` and ``y`` an int64 class index.
+Nothing is downloaded: generated datasets (``mnist1d``, ``synthetic``) are built in
+code, scikit-learn's ``digits`` ships with scikit-learn, and every other dataset is
+read from a directory the user gives (``root``), with an error naming the path and
+the expected layout when it is missing or malformed.
+
+Small datasets are ``TensorDataset``s held in memory and standardised once (zero
+mean, unit variance per channel, statistics from the training split), so the
+training loop pays no per-item Python transforms. CIFAR and ImageFolder keep
+per-item transforms because their training augmentation is random per sample.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from ..registry import Registry
+
+DATASETS: Registry[Callable[..., "DatasetBundle"]] = Registry("dataset")
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+
+@dataclass
+class DatasetBundle:
+    """Train/test datasets plus what a model needs to know about them."""
+
+    train: Dataset
+    test: Dataset
+    input_shape: Tuple[int, ...]  # (C, *spatial), without the batch dimension
+    num_classes: int
+    name: str
+
+
+def load_dataset(
+    name: str,
+    root: Optional[str] = None,
+    *,
+    seed: int = 0,
+    augment: bool = True,
+    image_size: Optional[int] = None,
+    synthetic: Optional[Dict[str, Any]] = None,
+) -> DatasetBundle:
+    """Load dataset ``name`` (see ``DATASETS.names()``).
+
+    ``root``: directory of file-based datasets (ignored by generated ones).
+    ``seed``: seeds everything random about the data itself (MNIST-1D generation,
+    the digits train/test split, synthetic samples); data order is the loader's job.
+    ``augment``: standard training augmentation where the dataset has one (CIFAR,
+    ImageFolder). ``image_size``: side length to resize 2-D images to.
+    ``synthetic``: options of the ``synthetic`` dataset (see :func:`_synthetic`).
+    """
+    loader = DATASETS.get(name)
+    if synthetic is not None and name != "synthetic":
+        raise ValueError(f"the synthetic option only applies to data 'synthetic', not '{name}'")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size <= 0):
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    bundle = loader(root=None if root is None else Path(root), seed=int(seed), augment=bool(augment),
+                    image_size=image_size, synthetic=synthetic)
+    return bundle
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _standardise(train_x: torch.Tensor, test_x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel zero mean / unit variance with the training split's statistics."""
+    dims = [0] + list(range(2, train_x.dim()))
+    mean = train_x.mean(dim=dims, keepdim=True, dtype=torch.float64)
+    std = train_x.double().std(dim=dims, keepdim=True, correction=0).clamp_min(1e-12)
+    norm = lambda x: ((x.double() - mean) / std).float()  # noqa: E731
+    return norm(train_x), norm(test_x)
+
+
+def _resize_images(x: torch.Tensor, image_size: Optional[int], name: str) -> torch.Tensor:
+    """Resize an (N, C, H, W) float batch once, in memory (no per-item transform)."""
+    if image_size is None:
+        return x
+    if x.dim() != 4:
+        raise ValueError(f"image_size only applies to 2-D image datasets; '{name}' is 1-D")
+    if tuple(x.shape[-2:]) == (image_size, image_size):
+        return x
+    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def _tensor_bundle(name: str, train_x, train_y, test_x, test_y, num_classes: int,
+                   image_size: Optional[int] = None) -> DatasetBundle:
+    train_x = _resize_images(torch.as_tensor(train_x, dtype=torch.float32), image_size, name)
+    test_x = _resize_images(torch.as_tensor(test_x, dtype=torch.float32), image_size, name)
+    train_x, test_x = _standardise(train_x, test_x)
+    train_y = torch.as_tensor(train_y, dtype=torch.int64)
+    test_y = torch.as_tensor(test_y, dtype=torch.int64)
+    return DatasetBundle(TensorDataset(train_x, train_y), TensorDataset(test_x, test_y),
+                         tuple(train_x.shape[1:]), num_classes, name)
+
+
+def _require_root(root: Optional[Path], name: str, layout: str) -> Path:
+    if root is None:
+        raise ValueError(f"data '{name}' needs a data root (root=/--data-root) holding {layout}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} for '{name}' is not a directory; expected {layout}")
+    return root
+
+
+# ----------------------------------------------------------------------------- generated
+
+
+@DATASETS.register("mnist1d")
+def _mnist1d(*, seed: int, image_size: Optional[int], **_: Any) -> DatasetBundle:
+    """MNIST-1D (Greydanus 2020): 4000/1000 sequences of length 40, 10 classes.
+
+    Generated offline by the ``mnist1d`` package with its default arguments except
+    the generation seed, which is ``seed``.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    if image_size is not None:
+        raise ValueError("image_size only applies to 2-D image datasets; 'mnist1d' is 1-D (length 40)")
+    args = get_dataset_args()
+    args.seed = seed
+    # make_dataset seeds numpy's and Python's global generators; put them back so
+    # loading data never changes anyone else's random stream.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return _tensor_bundle("mnist1d", d["x"][:, None, :], d["y"], d["x_test"][:, None, :], d["y_test"], 10)
+
+
+SYNTHETIC_DEFAULTS: Dict[str, Any] = {
+    "shape": (3, 32, 32), "num_classes": 10, "train_size": 512, "test_size": 256, "noise": 1.0,
+}
+
+
+@DATASETS.register("synthetic")
+def _synthetic(*, seed: int, synthetic: Optional[Dict[str, Any]], image_size: Optional[int],
+               **_: Any) -> DatasetBundle:
+    """Random but learnable data for tests and speed runs.
+
+    Each class has a smooth random prototype (Gaussian noise drawn at a quarter of
+    the resolution and upsampled); a sample is its class prototype plus
+    ``noise`` x N(0, 1) per entry. Options (``synthetic`` dict): ``shape`` (C, *spatial)
+    with 1 or 2 spatial dims, ``num_classes``, ``train_size``, ``test_size``, ``noise``;
+    defaults in ``SYNTHETIC_DEFAULTS``. Deterministic in ``seed``.
+    """
+    opts = dict(SYNTHETIC_DEFAULTS)
+    given = dict(synthetic or {})
+    unknown = sorted(set(given) - set(opts))
+    if unknown:
+        raise ValueError(f"unknown synthetic option(s) {unknown}; allowed: {sorted(opts)}")
+    opts.update(given)
+    shape = tuple(opts["shape"]) if isinstance(opts["shape"], (list, tuple)) else None
+    if (shape is None or len(shape) not in (2, 3)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise ValueError(f"synthetic shape must be (C, L) or (C, H, W) of positive ints, got {opts['shape']!r}")
+    if image_size is not None:
+        if len(shape) != 3:
+            raise ValueError("image_size only applies to 2-D image datasets; this synthetic data is 1-D")
+        shape = (shape[0], image_size, image_size)
+    for key in ("num_classes", "train_size", "test_size"):
+        v = opts[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "num_classes" else 1):
+            lo = 2 if key == "num_classes" else 1
+            raise ValueError(f"synthetic {key} must be an integer >= {lo}, got {v!r}")
+    noise = opts["noise"]
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+        raise ValueError(f"synthetic noise must be a number >= 0, got {noise!r}")
+
+    gen = torch.Generator().manual_seed(seed)
+    c, spatial, k = shape[0], shape[1:], opts["num_classes"]
+    coarse = tuple(max(1, s // 4) for s in spatial)
+    protos = torch.randn((k, c) + coarse, generator=gen)
+    mode = "linear" if len(spatial) == 1 else "bilinear"
+    protos = F.interpolate(protos, size=spatial, mode=mode, align_corners=False)
+
+    def split(n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        y = (torch.arange(n) % k)[torch.randperm(n, generator=gen)]
+        return protos[y] + float(noise) * torch.randn((n,) + shape, generator=gen), y
+
+    (tx, ty), (vx, vy) = split(opts["train_size"]), split(opts["test_size"])
+    return _tensor_bundle("synthetic", tx, ty, vx, vy, k)
+
+
+@DATASETS.register("digits")
+def _digits(*, seed: int, image_size: Optional[int], **_: Any) -> DatasetBundle:
+    """scikit-learn's handwritten digits (UCI, 1797 8x8 images, 10 classes).
+
+    There is no official split: a stratified 80/20 split drawn from ``seed``.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
+    tx, vx, ty, vy = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=seed)
+    return _tensor_bundle("digits", tx, ty, vx, vy, 10, image_size)
+
+
+# ----------------------------------------------------------------------------- idx (MNIST-style)
+
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_LAYOUT = ", ".join(f"{f}[.gz]" for f in _IDX_FILES.values())
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an unsigned-byte idx file (LeCun's MNIST format), gzipped or raw."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip raises these on truncated/non-gzip files
+        raise ValueError(f"cannot read idx file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path} is not an idx file (bad magic number)")
+    if raw[2] != 0x08:
+        raise ValueError(f"{path}: idx data type 0x{raw[2]:02x} is not unsigned byte (0x08)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise ValueError(f"{path}: truncated idx header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise ValueError(f"{path}: idx header says shape {dims} ({expected} bytes) but the file holds "
+                         f"{len(raw) - header} data bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(root: Path, stem: str, subdir: str) -> Optional[Path]:
+    # Accept the plain Debian/LeCun names, their gzips, the "train-images.idx3-ubyte"
+    # spelling of some mirrors, and torchvision's <root>/<Name>/raw layout.
+    dotted = stem.replace("-idx", ".idx")
+    for d in (root, root / "raw", root / subdir / "raw"):
+        for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def _load_idx_dataset(name: str, root: Path, subdir: str, image_size: Optional[int]) -> DatasetBundle:
+    layout = f"the idx files {_IDX_LAYOUT}"
+    root = _require_root(root, name, layout)
+    found = {k: _find_idx(root, stem, subdir) for k, stem in _IDX_FILES.items()}
+    missing = [_IDX_FILES[k] for k, p in found.items() if p is None]
+    if missing:
+        raise FileNotFoundError(
+            f"data '{name}': {root} lacks {', '.join(m + '[.gz]' for m in missing)}; expected {layout} "
+            f"directly under it (or under raw/ or {subdir}/raw/)")
+    arrays = {k: read_idx(p) for k, p in found.items()}
+    for split in ("train", "test"):
+        ims, labs = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if ims.ndim != 3 or labs.ndim != 1:
+            raise ValueError(f"{found[split + '_images']} must be 3-D images and {found[split + '_labels']} "
+                             f"1-D labels; got shapes {ims.shape} and {labs.shape}")
+        if len(ims) != len(labs):
+            raise ValueError(f"{found[split + '_images']} holds {len(ims)} images but "
+                             f"{found[split + '_labels']} holds {len(labs)} labels")
+        if labs.size and labs.max() >= 10:
+            raise ValueError(f"{found[split + '_labels']}: label {int(labs.max())} outside 0..9")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise ValueError(f"data '{name}': train images {arrays['train_images'].shape[1:]} and test images "
+                         f"{arrays['test_images'].shape[1:]} differ in size")
+    as_float = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
+    return _tensor_bundle(name, as_float(arrays["train_images"]), arrays["train_labels"].astype(np.int64),
+                          as_float(arrays["test_images"]), arrays["test_labels"].astype(np.int64), 10,
+                          image_size)
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion_mnist(*, root: Optional[Path], image_size: Optional[int], **_: Any) -> DatasetBundle:
+    """Fashion-MNIST (Xiao et al. 2017) from idx files; default root is where Debian's
+    ``dataset-fashion-mnist`` package installs them."""
+    return _load_idx_dataset("fashion-mnist", root or Path(FASHION_MNIST_ROOT), "FashionMNIST", image_size)
+
+
+@DATASETS.register("mnist")
+def _mnist(*, root: Optional[Path], image_size: Optional[int], **_: Any) -> DatasetBundle:
+    """MNIST (LeCun et al. 1998) from the four idx files under ``root``."""
+    return _load_idx_dataset("mnist", root, "MNIST", image_size)
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 (N, C, H, W) images in memory; per item: optional random crop (zero
+    padding ``pad``) + horizontal flip, optional resize, then normalisation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
+                 std: Sequence[float], augment: bool, pad: int = 4, image_size: Optional[int] = None):
+        assert images.dtype == torch.uint8 and images.dim() == 4
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.augment, self.pad, self.image_size = augment, pad, image_size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if self.augment:
+            h, w = x.shape[-2:]
+            x = F.pad(x, (self.pad,) * 4)  # zero (black) padding, as torchvision's RandomCrop
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            x = x[:, dy:dy + h, dx:dx + w]
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+        x = x.float().div_(255.0)
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size,) * 2:
+            x = F.interpolate(x[None], size=(self.image_size,) * 2, mode="bilinear",
+                              align_corners=False, antialias=True)[0]
+        return (x - self.mean) / self.std, self.labels[i]
+
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a CIFAR python pickle batch: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a CIFAR python pickle batch (holds a {type(d).__name__})")
+    return d
+
+
+def _load_cifar(name: str, root: Optional[Path], augment: bool, image_size: Optional[int]) -> DatasetBundle:
+    folder, train_files, test_files, meta_file, label_key, names_key = _CIFAR[name]
+    layout = f"{folder}/ with {', '.join(train_files + test_files + [meta_file])} (torchvision's layout)"
+    root = _require_root(root, name, layout)
+    base = root / folder if (root / folder).is_dir() else root  # also accept the folder itself
+    missing = [f for f in train_files + test_files + [meta_file] if not (base / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"data '{name}': {base} lacks {', '.join(missing)}; expected {root}/{layout}")
+    meta = _unpickle(base / meta_file)
+    if names_key not in meta:
+        raise ValueError(f"{base / meta_file} has no '{names_key}' entry")
+    num_classes = len(meta[names_key])
+
+    def read(files):
+        xs, ys = [], []
+        for f in files:
+            d = _unpickle(base / f)
+            if "data" not in d or label_key not in d:
+                raise ValueError(f"{base / f} lacks the 'data' and '{label_key}' entries of a CIFAR batch")
+            x = np.asarray(d["data"], dtype=np.uint8)
+            if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(d[label_key]):
+                raise ValueError(f"{base / f}: expected data of shape (N, 3072) and N labels, got "
+                                 f"{x.shape} and {len(d[label_key])} labels")
+            xs.append(x)
+            ys.extend(d[label_key])
+        y = torch.tensor(ys, dtype=torch.int64)
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"data '{name}': labels outside 0..{num_classes - 1} in {base}")
+        return torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32)), y
+
+    (tx, ty), (vx, vy) = read(train_files), read(test_files)
+    # Per-channel statistics of the training images, accumulated in chunks to bound memory.
+    s = torch.zeros(3, dtype=torch.float64)
+    s2 = torch.zeros(3, dtype=torch.float64)
+    for chunk in tx.split(4096):
+        c = chunk.double().div_(255.0)
+        s += c.sum(dim=(0, 2, 3))
+        s2 += c.square().sum(dim=(0, 2, 3))
+    n = tx.shape[0] * 32 * 32
+    mean = s / n
+    std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
+    size = image_size or 32
+    train = ImageTensorDataset(tx, ty, mean.tolist(), std.tolist(), augment, image_size=image_size)
+    test = ImageTensorDataset(vx, vy, mean.tolist(), std.tolist(), False, image_size=image_size)
+    return DatasetBundle(train, test, (3, size, size), num_classes, name)
+
+
+@DATASETS.register("cifar10")
+def _cifar10(*, root: Optional[Path], augment: bool, image_size: Optional[int], **_: Any) -> DatasetBundle:
+    """CIFAR-10 (Krizhevsky 2009) from torchvision's on-disk python batches under ``root``;
+    training augmentation: random crop 32 with 4-pixel zero padding + horizontal flip."""
+    return _load_cifar("cifar10", root, augment, image_size)
+
+
+@DATASETS.register("cifar100")
+def _cifar100(*, root: Optional[Path], augment: bool, image_size: Optional[int], **_: Any) -> DatasetBundle:
+    """CIFAR-100 (Krizhevsky 2009), fine labels; same layout rules and augmentation as CIFAR-10."""
+    return _load_cifar("cifar100", root, augment, image_size)
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@DATASETS.register("imagefolder")
+def _imagefolder(*, root: Optional[Path], augment: bool, image_size: Optional[int], **_: Any) -> DatasetBundle:
+    """ImageNet-style folders: ``root/train/<class>/*`` and ``root/val|test/<class>/*``.
+
+    Training: RandomResizedCrop(image_size) + horizontal flip when ``augment``;
+    evaluation: resize to image_size / 0.875 then CenterCrop(image_size) (the
+    standard 224/256 protocol). ``image_size`` defaults to 224. ImageNet mean/std.
+    """
+    from torchvision import datasets, transforms
+
+    layout = "train/<class>/<images> and val/<class>/<images> (or test/)"
+    root = _require_root(root, "imagefolder", layout)
+    train_dir = root / "train"
+    eval_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not train_dir.is_dir() or eval_dir is None:
+        missing = [d for d, ok in (("train/", train_dir.is_dir()), ("val/ or test/", eval_dir is not None)) if not ok]
+        raise FileNotFoundError(f"data 'imagefolder': {root} lacks {' and '.join(missing)}; expected {layout}")
+    size = image_size or 224
+    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if augment:
+        train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                       transforms.ToTensor(), norm])
+    else:
+        train_tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                       transforms.ToTensor(), norm])
+    eval_tf = transforms.Compose([transforms.Resize(int(round(size / 0.875))), transforms.CenterCrop(size),
+                                  transforms.ToTensor(), norm])
+    try:
+        train = datasets.ImageFolder(str(train_dir), transform=train_tf)
+        test = datasets.ImageFolder(str(eval_dir), transform=eval_tf)
+    except FileNotFoundError as e:  # raised for empty class folders / no images
+        raise FileNotFoundError(f"data 'imagefolder': {e}; expected {layout} under {root}") from None
+    if train.classes != test.classes:
+        raise ValueError(f"data 'imagefolder': class folders differ between {train_dir} ({len(train.classes)}) "
+                         f"and {eval_dir} ({len(test.classes)}); they must hold the same class names")
+    return DatasetBundle(train, test, (3, size, size), len(train.classes), "imagefolder")
