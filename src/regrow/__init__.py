@@ -2,7 +2,9 @@
 from .methods import (  # noqa: F401  (importing registers the methods)
     GMP, METHODS, SET, SNIP, Dense, DropGrowMethod, RigL, SparseMethod, Static,
 )
-from .state import SparseState, mask_checksum
+from .methods import DSTEE, OptG  # noqa: F401
+from .methods import ASP, IEE  # noqa: F401
+from .state import SparseState, check_masks_synchronized, mask_checksum
 
 __version__ = "0.1.0"
 
@@ -14,5 +16,6 @@ def create(name: str, model, optimizer, **config):
 
 __all__ = [
     "create", "METHODS", "SparseMethod", "DropGrowMethod", "SparseState", "mask_checksum",
-    "Dense", "Static", "SNIP", "SET", "RigL", "GMP", "__version__",
+    "check_masks_synchronized",
+    "Dense", "Static", "SNIP", "SET", "RigL", "GMP", "DSTEE", "OptG", "IEE", "ASP", "__version__",
 ]

@@ -15,7 +15,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .state import SparseState
+from .state import SparseState, count_true
 
 Masks = Dict[str, torch.Tensor]
 
@@ -25,8 +25,8 @@ LAST_GROWN = "tracker.last_grown"
 
 
 def mask_iou(a: Masks, b: Masks) -> float:
-    inter = sum(int((a[k] & b[k]).sum()) for k in a)
-    union = sum(int((a[k] | b[k]).sum()) for k in a)
+    inter = sum(count_true(a[k] & b[k]) for k in a)
+    union = sum(count_true(a[k] | b[k]) for k in a)
     return inter / union if union else 1.0
 
 
@@ -34,7 +34,7 @@ def exploration_degree(state: SparseState) -> float:
     ever = state.buffers.get(EVER)
     if not ever:
         return state.density()
-    return sum(int(m.sum()) for m in ever.values()) / sum(m.numel() for m in ever.values())
+    return sum(count_true(m) for m in ever.values()) / sum(m.numel() for m in ever.values())
 
 
 def start_tracking(state: SparseState) -> None:
@@ -59,12 +59,53 @@ def record_update(
             out["iou_prune"] = mask_iou(after_prune, prev)
         last = state.buffers.get(LAST_GROWN)
         if last:
-            n_grown = sum(int(g.sum()) for g in last.values())
+            n_grown = sum(count_true(g) for g in last.values())
             if n_grown:
-                alive = sum(int((last[k] & after_prune[k]).sum()) for k in last)
+                alive = sum(count_true(last[k] & after_prune[k]) for k in last)
                 out["survival_rate"] = alive / n_grown
         state.buffers[PREV_PRUNE] = {k: m.clone() for k, m in after_prune.items()}
         state.buffers[LAST_GROWN] = {k: after_grow[k] & ~after_prune[k] for k in after_grow}
-        out["n_pruned"] = sum(int((before[k] & ~after_prune[k]).sum()) for k in before)
-        out["n_grown"] = sum(int(g.sum()) for g in state.buffers[LAST_GROWN].values())
+        out["n_pruned"] = sum(count_true(before[k] & ~after_prune[k]) for k in before)
+        out["n_grown"] = sum(count_true(g) for g in state.buffers[LAST_GROWN].values())
+    return out
+
+
+# ---- prune and grow recorded separately (IEE prunes and grows ΔT − H steps apart) ----
+# Same definitions as ``record_update``: calling ``record_prune`` then ``record_grow`` on one
+# update gives exactly its numbers (tests/test_iee.py checks this).
+def record_prune(state: SparseState, before: Masks, after_prune: Masks) -> Dict[str, float]:
+    """The prune half of an update: IoU with the previous update's after-prune mask,
+    survival of the weights grown at the previous update, pruned count."""
+    out: Dict[str, float] = {}
+    if EVER not in state.buffers:
+        start_tracking(state)
+    prev = state.buffers.get(PREV_PRUNE)
+    if prev:
+        out["iou_prune"] = mask_iou(after_prune, prev)
+    last = state.buffers.get(LAST_GROWN)
+    if last:
+        n_grown = sum(count_true(g) for g in last.values())
+        if n_grown:
+            alive = sum(count_true(last[k] & after_prune[k]) for k in last)
+            out["survival_rate"] = alive / n_grown
+    state.buffers[PREV_PRUNE] = {k: m.clone() for k, m in after_prune.items()}
+    out["n_pruned"] = sum(count_true(before[k] & ~after_prune[k]) for k in before)
+    return out
+
+
+def record_grow(
+    state: SparseState, before: Masks, after_prune: Masks, after_grow: Masks
+) -> Dict[str, float]:
+    """The grow half of an update: IoU of the after-grow mask with ``before`` (the mask
+    before this update's prune), exploration degree, grown count."""
+    out: Dict[str, float] = {}
+    if EVER not in state.buffers:
+        start_tracking(state)
+    ever = state.buffers[EVER]
+    for k, m in after_grow.items():
+        ever[k] |= m
+    out["exploration_degree"] = exploration_degree(state)
+    out["iou_grow"] = mask_iou(after_grow, before)
+    state.buffers[LAST_GROWN] = {k: after_grow[k] & ~after_prune[k] for k in after_grow}
+    out["n_grown"] = sum(count_true(g) for g in state.buffers[LAST_GROWN].values())
     return out

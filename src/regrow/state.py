@@ -18,6 +18,13 @@ import torch
 _SCHEMA = "regrow.SparseState/1"
 
 
+def count_true(mask: torch.Tensor) -> int:
+    """Number of True entries of a bool tensor (numpy's count on CPU: ~6x torch's)."""
+    if mask.device.type == "cpu" and mask.dtype == torch.bool:
+        return int(np.count_nonzero(mask.detach().numpy()))
+    return int(torch.count_nonzero(mask))
+
+
 @dataclass
 class SparseState:
     masks: Dict[str, torch.Tensor]
@@ -32,14 +39,14 @@ class SparseState:
         return self.masks[name].numel()
 
     def active(self, name: str) -> int:
-        return int(self.masks[name].sum())
+        return count_true(self.masks[name])
 
     def density(self, name: Optional[str] = None) -> float:
         """Density of one tensor, or of all sparse tensors together."""
         if name is not None:
             return self.active(name) / self.numel(name)
         total = sum(m.numel() for m in self.masks.values())
-        return sum(int(m.sum()) for m in self.masks.values()) / total
+        return sum(count_true(m) for m in self.masks.values()) / total
 
     def target_density(self, name: Optional[str] = None) -> float:
         if name is not None:
@@ -105,4 +112,26 @@ def mask_checksum(masks: Dict[str, torch.Tensor]) -> int:
         crc = zlib.crc32(name.encode(), crc)
         bits = np.packbits(masks[name].detach().to("cpu", torch.bool).numpy().ravel())
         crc = zlib.crc32(bits.tobytes(), crc)
+    return crc
+
+
+def check_masks_synchronized(masks: Dict[str, torch.Tensor], group: Any = None) -> int:
+    """Compare :func:`mask_checksum` across the ranks of ``group`` and return it.
+
+    Every rank must make the same mask decision (scores from synchronised tensors,
+    random draws from identically seeded generators); a divergence here means some
+    score was computed from rank-local data. Raises RuntimeError naming every rank's
+    checksum when they differ; without an initialised process group it only returns
+    the local checksum. Collective: call it on every rank.
+    """
+    crc = mask_checksum(masks)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return crc
+    world = dist.get_world_size(group)
+    sums: list = [None] * world
+    dist.all_gather_object(sums, crc, group=group)
+    if len(set(sums)) > 1:
+        raise RuntimeError(f"sparsity masks differ across ranks: checksums by rank {sums}")
     return crc

@@ -7,64 +7,173 @@
 
 Ties are broken deterministically: among equal scores the lower flat index wins
 (is kept by ``topk``/``grow``, and is removed first by ``prune``). NaN scores rank
-below everything.
+as -inf: below every real score, so a NaN is never preferred to a number.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Sequence
 
+import numpy as np
 import torch
 
+from .state import count_true
+
 NEG_INF = float("-inf")
+
+# Above this many candidates the exact selection first narrows them with a threshold
+# read off a strided sample (one comparison pass), then ranks only the survivors.
+_PREFILTER_MIN = 1 << 15
+_SAMPLE = 1 << 12
 
 
 def _clean(scores: torch.Tensor) -> torch.Tensor:
     scores = scores.detach()
     if not scores.is_floating_point():
         scores = scores.float()
-    return torch.nan_to_num(scores, nan=NEG_INF)
+    # NaN ranks as -inf (lowest); infinities stay infinite
+    return torch.nan_to_num(scores, nan=NEG_INF, posinf=float("inf"), neginf=NEG_INF)
+
+
+def _flatnonzero(b: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices of the True entries of a 1-D bool tensor."""
+    if b.device.type == "cpu":
+        # numpy's flatnonzero is several times faster than torch.nonzero on CPU
+        return torch.from_numpy(np.flatnonzero(b.numpy()))
+    return torch.nonzero(b).squeeze(1)
+
+
+def _count(b: torch.Tensor) -> int:
+    return count_true(b)
+
+
+def _exact(v: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Positions of the k best entries of the 1-D NaN-free ``v``; ties: lowest index."""
+    n = v.numel()
+    thr = torch.kthvalue(v, n - k + 1 if largest else k).values
+    inclusive = v >= thr if largest else v <= thr
+    if _count(inclusive) == k:  # no tie straddles the cut (the usual case): one pass
+        return _flatnonzero(inclusive)
+    strict = v > thr if largest else v < thr
+    need = k - _count(strict)
+    ties = _flatnonzero(v == thr)[:need]
+    return torch.cat([_flatnonzero(strict), ties])
+
+
+def _select(v: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Positions of the k largest (or smallest) entries of the 1-D ``v``, NaN ranked as
+    -inf, ties by lowest index.
+
+    Exact: a threshold t from a strided sample keeps S = {v >= t} (``<=`` for smallest);
+    when |S| >= k the k-th best value is itself >= t, so every winner (and every tie
+    competing with it) lies in S and ranking S alone gives the same answer in the same
+    index order. Otherwise (an unlucky sample) it ranks everything.
+    """
+    n = v.numel()
+    if 0 < k <= n // 2 and n >= _PREFILTER_MIN:
+        stride = max(1, n // _SAMPLE)
+        sample = _clean(v[::stride])
+        s = sample.numel()
+        p = k / n
+        r = min(s, int(math.ceil(p * s * 1.1 + 4.0 * math.sqrt(p * s) + 8)))
+        t = torch.kthvalue(sample, s - r + 1 if largest else r).values
+        if largest:
+            keep = v >= t
+            if bool(t == NEG_INF):  # NaN ties with -inf then
+                keep |= torch.isnan(v)
+        else:
+            keep = (v > t).logical_not_()  # v <= t, and NaN (ranked as -inf) too
+        idx = _flatnonzero(keep)
+        if idx.numel() >= k:
+            return idx[_exact(_clean(v[idx]), k, largest)]
+    return _exact(_clean(v), k, largest)
+
+
+def _flat_mask(n: int, positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(n, dtype=torch.bool, device=like.device)
+    out[positions] = True
+    return out
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask (same shape) marking the ``k`` largest scores; exact, deterministic.
-
-    A k-th-value threshold does the heavy lifting in one linear pass; only the
-    entries tied with the threshold are resolved by index, lowest first.
-    """
-    flat = _clean(scores).reshape(-1)
+    """Bool mask (same shape) marking the ``k`` largest scores; exact, deterministic."""
+    flat = scores.detach().reshape(-1)
+    if not flat.is_floating_point():
+        flat = flat.float()
     n = flat.numel()
     if k <= 0:
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if k >= n:
         return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-    thr = torch.kthvalue(flat, n - k + 1).values
-    keep = flat > thr
-    need = k - int(keep.sum())
-    if need > 0:
-        ties = torch.nonzero(flat == thr).squeeze(1)[:need]
-        keep[ties] = True
-    return keep.view(scores.shape)
+    return _flat_mask(n, _select(flat, k, True), flat).view(scores.shape)
 
 
 def bottomk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the ``k`` smallest scores (ties: lower index first)."""
-    return topk_mask(-_clean(scores), k)
+    """Bool mask of the ``k`` smallest scores (NaN counts as smallest; ties: lower index first)."""
+    flat = scores.detach().reshape(-1)
+    if not flat.is_floating_point():
+        flat = flat.float()
+    n = flat.numel()
+    if k <= 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    return _flat_mask(n, _select(flat, k, False), flat).view(scores.shape)
+
+
+def _among(scores: torch.Tensor, mask: torch.Tensor, k: int, largest: bool, inactive: bool) -> torch.Tensor:
+    """Flat positions of the ``k`` best scores among the candidates: the entries where
+    ``mask`` is True, or where it is False when ``inactive`` (no ``~mask`` materialised)."""
+    flat = scores.detach().reshape(-1)
+    if not flat.is_floating_point():
+        flat = flat.float()
+    m = mask.reshape(-1)
+    n = m.numel()
+    n_cand = n - _count(m) if inactive else _count(m)
+    # few candidates (prune among the active): gather them, then select among them
+    if k >= n_cand or 2 * n_cand < n or n < _PREFILTER_MIN or k > n_cand // 2:
+        idx = _flatnonzero(~m if inactive else m)
+        return idx if k >= n_cand else idx[_select(flat[idx], k, largest)]
+    stride = max(1, n // _SAMPLE)
+    sub, sub_m = flat[::stride], m[::stride]
+    sample = _clean(sub[_flatnonzero(~sub_m if inactive else sub_m)])
+    s_n = sample.numel()
+    if s_n > 0:
+        # Threshold from the sampled candidates, applied to the whole tensor; the few
+        # survivors that are not candidates are dropped afterwards (no gather of all of them).
+        p = k / n_cand
+        r = min(s_n, int(math.ceil(p * s_n * 1.1 + 4.0 * math.sqrt(p * s_n) + 8)))
+        t = torch.kthvalue(sample, s_n - r + 1 if largest else r).values
+        if largest:
+            keep = flat >= t
+            if bool(t == NEG_INF):  # NaN ties with -inf then
+                keep |= torch.isnan(flat)
+        else:
+            keep = (flat > t).logical_not_()  # flat <= t, and NaN (ranked as -inf) too
+        idx = _flatnonzero(keep)
+        idx = idx[~m[idx]] if inactive else idx[m[idx]]
+        if idx.numel() >= k:
+            return idx[_exact(_clean(flat[idx]), k, largest)]
+    idx = _flatnonzero(~m if inactive else m)
+    return idx[_select(flat[idx], k, largest)]
 
 
 def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
-    """``mask`` minus its ``n`` lowest-scored active entries."""
+    """``mask`` minus its ``n`` lowest-scored active entries (NaN lowest; ties: lower index)."""
+    out = mask.clone(memory_format=torch.contiguous_format)
     if n <= 0:
-        return mask.clone()
-    candidate = torch.where(mask, _clean(scores), torch.tensor(float("inf"), device=mask.device))
-    return mask & ~bottomk_mask(candidate, n)
+        return out
+    out.view(-1)[_among(scores, mask, n, False, inactive=False)] = False
+    return out
 
 
 def grow_highest(scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
-    """``mask`` plus the ``n`` highest-scored inactive entries."""
+    """``mask`` plus the ``n`` highest-scored inactive entries (NaN lowest; ties: lower index)."""
+    out = mask.clone(memory_format=torch.contiguous_format)
     if n <= 0:
-        return mask.clone()
-    candidate = torch.where(mask, torch.tensor(NEG_INF, device=mask.device), _clean(scores))
-    return mask | topk_mask(candidate, n)
+        return out
+    out.view(-1)[_among(scores, mask, n, True, inactive=True)] = True
+    return out
 
 
 class Unstructured:
@@ -133,8 +242,11 @@ class NM:
         s = self._blocks(_clean(scores))
         mb = self._blocks(mask)
         deficit = self.n - mb.sum(1, keepdim=True)
-        cand = torch.where(mb, torch.tensor(NEG_INF, device=s.device), s)
-        order = torch.sort(cand, dim=1, descending=True, stable=True).indices
+        # best score first (ties: lower index), then every inactive entry before every
+        # active one, so even -inf/NaN candidates fill the block before nothing does
+        order = torch.sort(s, dim=1, descending=True, stable=True).indices
+        active_first = torch.sort(mb.gather(1, order).to(torch.uint8), dim=1, stable=True).indices
+        order = order.gather(1, active_first)
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(self.m, device=s.device).expand_as(order))
         new = mb | (ranks < deficit)
@@ -150,7 +262,7 @@ class NM:
 
     def grow(self, scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
         new = self._fill(scores, mask)
-        assert int(new.sum()) - int(mask.sum()) == n, "N:M grow must refill exactly the pruned count"
+        assert count_true(new) - count_true(mask) == n, "N:M grow must refill exactly the pruned count"
         return new
 
 

@@ -1,7 +1,13 @@
 """Sparsity methods. Importing this package registers every built-in method."""
 from .base import METHODS, DropGrowMethod, DynamicConfig, SparseMethod, SparsityConfig, sparse_parameters
+from .asp import ASP
 from .dense import Dense
+from .dst_ee import DSTEE
 from .gmp import GMP
+from .iee import IEE
+from .halp import HALP
+from .iee_channel import ChannelIEE
+from .optg import OptG
 from .rigl import RigL
 from .set import SET
 from .snip import SNIP
@@ -10,4 +16,5 @@ from .static import Static
 __all__ = [
     "METHODS", "SparseMethod", "DropGrowMethod", "SparsityConfig", "DynamicConfig",
     "sparse_parameters", "Dense", "Static", "SNIP", "SET", "RigL", "GMP",
+    "DSTEE", "OptG", "IEE", "ASP", "HALP", "ChannelIEE",
 ]

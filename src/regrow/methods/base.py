@@ -32,7 +32,7 @@ from ..distributions import DISTRIBUTIONS, check_density, layer_counts
 from ..optim import mask_gradients_, mask_parameters_, zero_optimizer_state_
 from ..registry import Registry
 from ..schedules import FRACTION_SCHEDULES, update_fraction
-from ..state import SparseState, mask_checksum
+from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
 
 METHODS: "Registry[type]" = Registry("method")
@@ -204,7 +204,8 @@ class SparseMethod:
             raise ValueError(f"total_steps must be a positive integer, got {ts!r}")
         if self.needs_total_steps and ts is None:
             raise ValueError(
-                f"method '{self.name}' needs total_steps (the number of optimizer steps in the run)"
+                f"method '{self.name}' needs total_steps: a positive integer, the number of "
+                f"optimizer steps in the run"
             )
         if hasattr(cfg, "update_interval"):
             if not isinstance(cfg.update_interval, int) or cfg.update_interval <= 0:
@@ -248,13 +249,16 @@ class SparseMethod:
             masks.update({n: torch.ones_like(scores[n], dtype=torch.bool) for n in dense})
             masks = {n: masks[n] for n in scores}
             for n, m in masks.items():
-                targets[n] = int(m.sum())
+                targets[n] = count_true(m)
             return masks
         return {n: self.structure.topk(s, targets[n]) for n, s in scores.items()}
 
     # ---- the training step ---------------------------------------------------
     def step(self) -> None:
         """Masked optimizer step, then whatever structure change is due."""
+        if self.optimizer is None:
+            raise ValueError(f"method '{self.name}' was built without an optimizer; pass the "
+                             f"torch.optim.Optimizer of the model to step() with it")
         step = self.state.step + 1
         self.before_step(step)
         masks = [self.state.masks[n] for n in self.names]
@@ -285,7 +289,8 @@ class SparseMethod:
             zero_optimizer_state_(self.optimizer, p, ~m)
 
     def commit(self, new_masks: Dict[str, torch.Tensor], grow_init: str = "zero",
-               after_prune: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, float]:
+               after_prune: Optional[Dict[str, torch.Tensor]] = None,
+               record: bool = True) -> Dict[str, float]:
         """Install new masks: store dormant values of pruned weights, initialise grown
         ones (``zero``, ``dormant`` value, or ``keep`` what the parameter holds), zero the
         optimizer state of both, record IoU/survival/exploration for dynamic methods."""
@@ -293,23 +298,23 @@ class SparseMethod:
         before = {n: self.state.masks[n] for n in new_masks}
         for n, new in new_masks.items():
             old, p = before[n], self.params[n]
-            pruned, grown = old & ~new, new & ~old
+            changed = old ^ new  # pruned | grown, in one pass
             with torch.no_grad():
                 if self.keeps_dormant:
                     d = self.state.dormant[n]
-                    d.copy_(torch.where(pruned, p, d))
+                    d.copy_(torch.where(old & changed, p, d))
                     if grow_init == "dormant":
-                        p.copy_(torch.where(grown, d, p))
-                if grow_init == "zero":
-                    p.masked_fill_(grown, 0)
-                p.mul_(new)
-            zero_optimizer_state_(self.optimizer, p, pruned | grown)
+                        p.copy_(torch.where(new & changed, d, p))
+                # "zero": keep only what stays active (grown start at 0); else keep the new mask
+                p.mul_(old & new if grow_init == "zero" else new)
+            zero_optimizer_state_(self.optimizer, p, changed)
             self.state.masks[n] = new
         if self.is_global:
             for n, m in new_masks.items():
-                self.state.targets[n] = int(m.sum())
+                self.state.targets[n] = count_true(m)
         out: Dict[str, float] = {}
-        if self.dynamic:
+        # record=False: the caller records its own metrics (IEE prunes and grows at different steps)
+        if self.dynamic and record:
             out = mask_metrics.record_update(self.state, before, after_prune, new_masks)
         return out
 
@@ -368,6 +373,12 @@ class SparseMethod:
         entry outside these masks is exactly 0.0). Methods that temporarily train inactive
         weights (IEE's Reactivate & Explore) widen it."""
         return self.state.masks
+
+    def step_flops(self, zeta_sparse: float, zeta_dense: float) -> float:
+        """Training FLOPs per sample of the step just taken (``state.step``), given the
+        forward FLOPs of the sparse model that step ran (ζ_P) and of the dense one (ζ_D).
+        Default: sparse forward + backward ≈ 3·ζ_P (IEE appendix §3; dense: ζ_P = ζ_D)."""
+        return 3.0 * zeta_sparse
 
     def expected_counts(self) -> Dict[str, int]:
         """The active count each layer must hold right now (tests check it exactly)."""

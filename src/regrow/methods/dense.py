@@ -13,6 +13,7 @@ class Dense(SparseMethod):
     """No sparsity: masks are all ones and the step is the plain optimizer step."""
 
     name = "dense"
+    structures = ("unstructured",)
 
     def validate_config(self) -> None:
         self.config.density = 1.0

@@ -24,3 +24,11 @@ class RigL(DropGrowMethod):
             # no gradient (layer unused this step): every candidate scores 0, ties by index
             out[n] = grad(p, p.grad) if p.grad is not None else torch.zeros_like(p)
         return out
+
+    def step_flops(self, zeta_sparse: float, zeta_dense: float) -> float:
+        """RigL §4.4 / IEE appendix §3: 3·ζ_P, and 2·ζ_P + ζ_D at an update step (the dense
+        gradient of every weight). Averaged over ΔT' plain steps and one update step this is
+        (3·ζ_P·ΔT' + 2·ζ_P + ζ_D)/(ΔT' + 1), with ΔT' = update_interval − 1."""
+        if self.update_due(self.state.step):
+            return 2.0 * zeta_sparse + zeta_dense
+        return 3.0 * zeta_sparse

@@ -35,12 +35,14 @@ class SNIP(SparseMethod):
         if self.config.calibration_batches <= 0:
             raise ValueError(f"calibration_batches must be positive, got {self.config.calibration_batches}")
         scores: Dict[str, torch.Tensor] = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        saved = {n: None if p.grad is None else p.grad.clone() for n, p in self.params.items()}
+        # scoring must not leave gradients behind on any parameter (biases and BN too)
+        every = dict(self.model.named_parameters())
+        saved = {n: None if p.grad is None else p.grad.clone() for n, p in every.items()}
         seen = 0
         for batch in batches:
             if seen >= self.config.calibration_batches:
                 break
-            for p in self.params.values():
+            for p in every.values():
                 p.grad = None
             loss_fn(self.model, batch).backward()
             for n, p in self.params.items():
@@ -49,7 +51,7 @@ class SNIP(SparseMethod):
             seen += 1
         if seen == 0:
             raise ValueError("SNIP calibration got no batches; pass an iterable of training batches")
-        for n, p in self.params.items():
+        for n, p in every.items():
             p.grad = saved[n]
         self.state.masks = self.select(scores, self.state.targets)
         self.apply_masks()

@@ -1,0 +1,349 @@
+"""The ``regrow`` command: ``train``, ``compare``, ``resume``, ``report`` (and more).
+
+Values resolve as defaults < ``--config FILE.yaml`` < flags. Method options go
+through ``--opt key=value`` (repeatable, YAML-typed values) or the common flags
+``--update-interval``/``--alpha``/``--end-fraction``. Every value is checked before
+any training starts; a bad one exits with status 2 and a message naming it.
+
+Adding a subcommand from another module is a one-line edit of ``EXTERNAL``: name
+``"module:ATTR"`` where ``ATTR`` is a sequence of :class:`Command`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+from . import __version__
+from .train import config as C
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# Subcommands defined elsewhere: "module:ATTR" with ATTR a sequence of Command.
+EXTERNAL: Sequence[str] = ("regrow.structured.commands:COMMANDS",)
+
+# Method options that get their own flag (they are common to the dynamic methods).
+COMMON_METHOD_FLAGS = {
+    "update_interval": (int, "ΔT: optimizer steps between structure updates"),
+    "alpha": (float, "initial update fraction α"),
+    "end_fraction": (float, "stop structure updates at this fraction of training (T_end / T)"),
+}
+# Run fields with their own handling (not a plain --flag VALUE).
+SPECIAL = ("method_options", "model_options", "synthetic", "out", "method", "density", "seed")
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(C.RunConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> None:
+    """Flags for every RunConfig field; unset flags stay out of the namespace."""
+    S = argparse.SUPPRESS
+    p.add_argument("--config", metavar="FILE.yaml", default=S,
+                   help="YAML recipe (keys are the long option names with '_'); flags override it")
+    from .methods import METHODS
+    from .train.data import DATASETS
+    from .train.models import MODELS
+
+    names = {"method": METHODS.names(), "model": MODELS.names() + ["tv:<torchvision name>"],
+             "data": DATASETS.names()}
+    if single:
+        p.add_argument("--method", default=S, help=f"sparsity method: {', '.join(names['method'])} (default: rigl)")
+        p.add_argument("--density", type=float, default=S, help="fraction of sparse weights kept, in (0, 1] (default: 0.1)")
+        p.add_argument("--seed", type=int, default=S, help="seed of model init, masks and data order (default: 0)")
+        p.add_argument("--out", default=S, help="run directory (default: runs/run)")
+        p.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
+    for f in dataclasses.fields(C.RunConfig):
+        if f.name in SPECIAL:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f)
+        default = f.default
+        text = f"{f.metadata['help']} (default: {default})"
+        if f.name in names:
+            text = f"{f.metadata['help']}: {', '.join(names[f.name])} (default: {default})"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=S, help=text)
+        else:
+            p.add_argument(flag, type=kind, default=S, help=text, metavar=f.name.upper())
+    for name, (kind, text) in COMMON_METHOD_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=S, dest=f"mopt_{name}",
+                       metavar=name.upper(), help=f"method option: {text}")
+    p.add_argument("--opt", action="append", default=S, metavar="KEY=VALUE",
+                   help="method option, repeatable (e.g. --opt update_interval=50 --opt criterion=gradient)")
+    p.add_argument("--model-opt", action="append", default=S, metavar="KEY=VALUE", dest="model_opt",
+                   help="model builder option, repeatable (e.g. --model-opt hidden=[64,32])")
+    p.add_argument("--synthetic", action="append", default=S, metavar="KEY=VALUE",
+                   help="option of the synthetic dataset, repeatable (shape, num_classes, train_size, test_size, noise)")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="testing: write a checkpoint after N optimizer steps and stop (continue with 'regrow resume')")
+
+
+def flag_layer(args: argparse.Namespace) -> Dict[str, Any]:
+    """The RunConfig values given as flags (method options under method_options)."""
+    ns = vars(args)
+    layer = {k: v for k, v in ns.items() if k in C.FIELDS and k not in ("method_options", "synthetic")}
+    if ns.get("model_opt"):
+        layer["model_options"] = dict(C.parse_opt(t) for t in ns["model_opt"])
+    opts: Dict[str, Any] = {}
+    for text in ns.get("opt", []) or []:
+        k, v = C.parse_opt(text)
+        opts[k] = v
+    for name in COMMON_METHOD_FLAGS:
+        if f"mopt_{name}" in ns:
+            opts[name] = ns[f"mopt_{name}"]
+    if opts:
+        layer["method_options"] = opts
+    if ns.get("synthetic"):
+        layer["synthetic"] = dict(C.parse_opt(t) for t in ns["synthetic"])
+    return layer
+
+
+def file_layers(args: argparse.Namespace) -> tuple:
+    if "config" not in vars(args):
+        return {}, {}
+    data = C.load_yaml(args.config)
+    return C.split_sections(data, source=args.config)
+
+
+def run_config(args: argparse.Namespace, **extra: Any) -> C.RunConfig:
+    file_values, _ = file_layers(args)
+    return C.build(file_values, flag_layer(args), extra)
+
+
+def _check_stop(n: Optional[int]) -> None:
+    if n is not None and n <= 0:
+        raise ValueError(f"--stop-after-steps must be a positive integer, got {n}")
+
+
+# ---- train ---------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> int:
+    from .train.loop import train
+
+    _check_stop(args.stop_after_steps)
+    cfg = run_config(args)
+    summary = train(cfg, overwrite=args.overwrite, stop_after_steps=args.stop_after_steps)
+    _print_result(cfg, summary)
+    return 0
+
+
+def _print_result(cfg: C.RunConfig, summary: Dict[str, Any]) -> None:
+    from .report import run_table
+
+    if "test_top1" in summary and _is_main():
+        print(run_table([summary]))
+        print(f"run directory: {cfg.out}")
+
+
+def _is_main() -> bool:
+    import os
+    return os.environ.get("RANK", "0") == "0"
+
+
+# ---- resume --------------------------------------------------------------------
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run directory holding checkpoint.pt")
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=None, help="no progress bar")
+    p.add_argument("--device", default=None, help="override the device (auto | cpu | cuda | cuda:N)")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="testing: write a checkpoint after N optimizer steps in total and stop")
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .train import checkpoint as ckpt
+    from .train.loop import CHECKPOINT, train
+
+    _check_stop(args.stop_after_steps)
+    run_dir = Path(args.run_dir)
+    state = ckpt.load(run_dir / CHECKPOINT)
+    extra: Dict[str, Any] = {"out": str(run_dir)}
+    if args.quiet is not None:
+        extra["quiet"] = args.quiet
+    if args.device is not None:
+        extra["device"] = args.device
+    cfg = C.build(state["config"], extra)
+    del state
+    summary = train(cfg, resume=True, stop_after_steps=args.stop_after_steps)
+    _print_result(cfg, summary)
+    return 0
+
+
+# ---- compare -------------------------------------------------------------------
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default=None, help="comma-separated methods (or compare.methods in the YAML)")
+    p.add_argument("--densities", default=None, help="comma-separated densities (default: 0.1)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0)")
+    p.add_argument("--out", required=False, default=None,
+                   help="compare directory; each cell runs in OUT/<method>-d<density>-s<seed>/ (default: runs/compare)")
+    p.add_argument("--skip-done", action="store_true",
+                   help="keep cells that already hold a summary.json instead of re-running them")
+    add_run_arguments(p, single=False)
+
+
+def _split(text: Any, kind: Callable, option: str) -> List[Any]:
+    items = text if isinstance(text, list) else str(text).split(",")
+    try:
+        out = [kind(str(i).strip()) for i in items if str(i).strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+    if not out:
+        raise ValueError(f"{option} must not be empty")
+    return out
+
+
+COMPARE_KEYS = ("methods", "densities", "seeds", "options")
+
+
+def cell_options(methods: List[str], common: Dict[str, Any], per_method: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Method options of each method in the grid: the common ones its Config accepts
+    (``--update-interval`` means nothing to dense) plus ``compare.options.<method>``."""
+    if not isinstance(per_method, dict):
+        raise ValueError("compare.options must map method names to option mappings")
+    stray = sorted(set(per_method) - set(methods))
+    if stray:
+        raise ValueError(f"compare.options names method(s) {stray} that are not in the grid {methods}")
+    accepted = {m: set(C.method_fields(m)) - set(C.HARNESS_METHOD_KEYS) for m in methods}
+    for k in common:
+        if not any(k in a for a in accepted.values()):
+            raise ValueError(f"method option {k!r} is accepted by none of {methods}")
+    out = {}
+    for m in methods:
+        own = per_method.get(m) or {}
+        if not isinstance(own, dict):
+            raise ValueError(f"compare.options.{m} must be a mapping of option: value")
+        out[m] = {**{k: v for k, v in common.items() if k in accepted[m]}, **own}
+    return out
+
+
+def compare_grid(args: argparse.Namespace) -> tuple:
+    file_values, sections = file_layers(args)
+    section = sections.get("compare") or {}
+    if not isinstance(section, dict):
+        raise ValueError("compare section of the config must be a mapping (methods, densities, seeds)")
+    unknown = sorted(set(section) - set(COMPARE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown compare option(s) {unknown}; allowed: {', '.join(COMPARE_KEYS)}")
+    methods = _split(args.methods or section.get("methods") or "", str, "--methods")
+    densities = _split(args.densities or section.get("densities") or "0.1", float, "--densities")
+    seeds = _split(args.seeds or section.get("seeds") or "0", int, "--seeds")
+    for m in methods:
+        C.method_fields(m)  # unknown method -> error naming the allowed ones
+    return file_values, methods, densities, seeds, section.get("options") or {}
+
+
+def _cells(methods, densities, seeds):
+    for method in methods:
+        for density in (densities if method != "dense" else [1.0]):
+            for seed in seeds:
+                yield method, density, seed
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .report import render_compare
+    from .train.loop import train
+
+    _check_stop(args.stop_after_steps)
+    file_values, methods, densities, seeds, per_method = compare_grid(args)
+    out = Path(args.out or "runs/compare")
+    flags = flag_layer(args)
+    common = {**C.coerce("method_options", file_values.pop("method_options", {}) or {}),
+              **flags.pop("method_options", {})}
+    options = cell_options(methods, common, per_method)
+    cells = []
+    for method, density, seed in _cells(methods, densities, seeds):
+        cell_out = out / f"{method}-d{density:g}-s{seed}"
+        cfg = C.build(file_values, flags, {"method": method, "density": density, "seed": seed,
+                                           "out": str(cell_out), "method_options": options[method]})
+        C.validate(cfg)  # every cell is checked before the first one trains
+        from .train.loop import check_method_config
+        check_method_config(cfg)
+        cells.append(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(
+        {"methods": methods, "densities": densities, "seeds": seeds}, indent=2) + "\n")
+    t0 = time.perf_counter()
+    for i, cfg in enumerate(cells, 1):
+        done = (Path(cfg.out) / "summary.json").is_file()
+        if args.skip_done and done:
+            print(f"[{i}/{len(cells)}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: kept", flush=True)
+            continue
+        s = train(cfg, overwrite=True, stop_after_steps=args.stop_after_steps)
+        if _is_main() and "test_top1" in s:
+            print(f"[{i}/{len(cells)}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: "
+                  f"top-1 {100 * s['test_top1']:.2f}%  ({s['wall_seconds']:.1f} s)", flush=True)
+    if _is_main():
+        table = render_compare(out, order=methods)
+        print(table)
+        print(f"compare directory: {out} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+# ---- report --------------------------------------------------------------------
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a run directory (summary.json) or a compare directory (*/summary.json)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import render
+
+    print(render(args.path))
+    return 0
+
+
+COMMANDS: List[Command] = [
+    Command("train", "train one model with one sparsity method", add_run_arguments, _train),
+    Command("compare", "run a grid of methods x densities x seeds and aggregate it", _compare_args, _compare),
+    Command("resume", "continue an interrupted run from its checkpoint.pt", _resume_args, _resume),
+    Command("report", "re-render tables and plots of a run or compare directory", _report_args, _report),
+]
+
+
+def all_commands() -> List[Command]:
+    cmds = list(COMMANDS)
+    for ref in EXTERNAL:
+        module, attr = ref.split(":")
+        cmds.extend(getattr(importlib.import_module(module), attr))
+    return cmds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="regrow", description="Train sparse neural networks by pruning and regrowing weights and channels.",
+        epilog="Distributed: torchrun --nproc_per_node=N -m regrow train ... (batch_size is the global batch).")
+    parser.add_argument("--version", action="version", version=f"regrow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in all_commands():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .train.distributed import RankMismatch
+
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, RankMismatch) as e:
+        print(f"regrow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

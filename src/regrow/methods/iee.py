@@ -1,0 +1,443 @@
+"""IEE, Iterative Exploitation and Exploration (Sun et al. 2025, "Advancing Weight and
+Channel Sparsification with Enhanced Saliency", §3.1 and Algorithm 1), for
+unstructured and N:M weight sparsity.
+
+Every ΔT = H + J + Q iterations until T_end, with Θ_K the active weights and Θ_P
+the exploration space (every inactive weight):
+
+1. Importance Estimation: train Θ_K for H iterations, score I(Θ_K) (Eq. 1).
+2. Prune: Θ_K ← Θ_K − ArgTopK(−I(Θ_K), Ω_t), the pruned weights join Θ_P keeping
+   their values as dormant ("MRU") values (Eq. 2). Ω_t = ⌊α_t·|Θ_K|⌋ per layer (one
+   global ranking under the ``global`` distribution), α_t = α/2·(1 + cos(π t / T_end)).
+3. Accuracy Improvement: train the reduced Θ_K for J iterations (Eq. 1).
+4. Reactivate & Explore: every weight of Θ_P comes back at its dormant value and
+   min_{Θ_P} Σ ℓ(f(Θ_P ∪ Θ_K; x), y) is trained for Q iterations with Θ_K frozen
+   (Eq. 3); score I(Θ_P).
+5. Grow: Θ_K ← Θ_K + ArgTopK(I(Θ_P), Ω_t) keeping their explored values (Eq. 4); the
+   rest of Θ_P goes dormant again at its current values.
+
+Iterations follow Algorithm 1 (i counts optimizer steps from 1): the prune happens at
+the start of iteration i with (i + J + Q) mod ΔT = 0, Reactivate & Explore starts at
+(i + Q) mod ΔT = 0 and the grow happens at i mod ΔT = 0, for T = ⌊T_end / ΔT⌋ IEE
+steps, so that every structure change is over by T_end. "Start of iteration i" is
+right after optimizer step i − 1 (``after_step``), so iteration i already trains the
+new structure, as in Algorithm 1. The first Importance Estimation stage therefore
+has H − 1 iterations and every later one H. After T_end: plain sparse training.
+
+Freezing Θ_K means: its values and its optimizer state (per-element moments and
+per-parameter scalars such as Adam's ``step``) are bit-identical before and after
+the stage. The gradient of Θ_K is zeroed, Θ_K's values are restored from a snapshot
+after every step (momentum or weight decay would otherwise move them) and its
+optimizer state at the end of the stage. Parameters outside the sparse set (biases,
+normalisation) belong to the selected architecture too and are frozen by dropping
+their gradient for the stage (the optimizer skips them). BatchNorm running
+statistics keep tracking the data. The snapshot lives in ``SparseState.buffers``
+only for the stage's duration, so a resume in the middle of any stage is exact.
+
+Weights that have never been active have no most-recently-used value; with a random
+initial mask they explore from 0 (``unused_init=zero``, default) or from their value at
+construction (``weights``); from a pretrained model they explore from pretrained values.
+
+N:M: Prune removes the Ω_t lowest-scored active weights of the layer wherever they
+are, Grow refills every block to exactly N from the explored candidates.
+
+Ablations of Table 4, one field each: ``freeze``, ``J`` (0 removes Accuracy
+Improvement), ``grow_init`` (``dormant`` = MRU | ``zero``), ``grow_by``
+(``criterion`` | ``random``), and H/J/Q.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .. import metrics as mask_metrics
+from ..criteria import CRITERIA
+from ..optim import mask_gradients_, mask_parameters_, zero_optimizer_state_
+from ..structures import global_grow, global_prune
+from .base import METHODS, DynamicConfig, SparseMethod
+
+# keys in SparseState.counters / buffers
+PHASE = "iee.phase"              # "exploit" | "reduced" (after prune) | "explore"
+OMEGA = "iee.omega"              # Ω_t per layer ({"*": Ω_t} under global) of the current step
+FRACTION = "iee.fraction"        # α_t of the current step
+KEPT = "iee.kept"                # per-layer |Θ_K| between prune and grow
+CYCLES_DONE = "iee.cycles_done"
+SNAP_SCALARS = "iee.snap.scalars"  # non-tensor optimizer state during R&E
+BEFORE = "iee.before"            # Θ_K before this step's prune (IoU after grow)
+SCORE = "iee.score"              # accumulated gradient-based scores
+SNAP = "iee.snap."               # prefix: "iee.snap.param", "iee.snap.opt.<key>"
+SNAP_PARAM = SNAP + "param"
+SNAP_OPT = SNAP + "opt."
+
+STAGES = ("estimate", "improve", "explore", "train")
+
+
+def iee_cycles(total_steps: int, end_fraction: float, H: int, J: int, Q: int) -> int:
+    """T, the number of IEE steps: ⌊T_end / ΔT⌋ with T_end = ⌊end_fraction · total_steps⌋."""
+    return int(end_fraction * total_steps) // (H + J + Q)
+
+
+def iee_events(i: int, H: int, J: int, Q: int, cycles: int) -> Tuple[str, ...]:
+    """Structure changes at the start of iteration ``i`` (Algorithm 1, lines 5–14), in order.
+
+    prune: (i + J + Q) mod ΔT = 0; reactivate: (i + Q) mod ΔT = 0; grow: i mod ΔT = 0;
+    each only for the first ``cycles`` IEE steps. With J = 0 prune and reactivate fall
+    on the same iteration and both happen (prune first).
+    """
+    dt = H + J + Q
+    out = []
+    if i >= H and (i - H) % dt == 0 and (i - H) // dt < cycles:
+        out.append("prune")
+    if i >= H + J and (i - H - J) % dt == 0 and (i - H - J) // dt < cycles:
+        out.append("reactivate")
+    if i >= dt and i % dt == 0 and i // dt <= cycles:
+        out.append("grow")
+    return tuple(out)
+
+
+def iee_stage(i: int, H: int, J: int, Q: int, cycles: int) -> str:
+    """The stage iteration ``i`` trains in: ``estimate`` (Θ_K, H), ``improve`` (reduced Θ_K,
+    J), ``explore`` (Θ_P with Θ_K frozen, Q) or ``train`` (plain sparse training after the
+    last IEE step)."""
+    dt = H + J + Q
+    if i // dt >= cycles:
+        return "train"
+    r = i % dt
+    if r < H:
+        return "estimate"
+    if r < H + J:
+        return "improve"
+    return "explore"
+
+
+def _needs_grad(criterion: str) -> bool:
+    try:
+        CRITERIA.get(criterion)(torch.zeros(1), None, torch.Generator())
+    except ValueError:
+        return True
+    return False
+
+
+@dataclass
+class IEEConfig(DynamicConfig):
+    """IEE's options (paper defaults: H = J = Q = 100 on CIFAR-10, 150 on ImageNet).
+
+    H, J, Q: iterations of Importance Estimation, Accuracy Improvement, Reactivate &
+        Explore; ΔT = H + J + Q. ``update_interval`` is always derived from them (a value
+        passed in is replaced by H + J + Q: set H, J, Q to change ΔT).
+    alpha: Ω_0, the initial update fraction, decayed by ``fraction_schedule`` until T_end.
+    criterion: any registered criterion, used for both prune and grow; gradient-based
+        ones (gradient, taylor) are summed over the stage's iterations.
+    freeze: freeze Θ_K during Reactivate & Explore.
+    grow_init: ``dormant`` (grown weights keep their explored, MRU-initialised values)
+        or ``zero``.
+    grow_by: ``criterion`` or ``random`` (SET-like growth among the explored weights).
+    init: ``random`` mask, or ``criterion`` top-k of the weights at construction
+        (start from a pretrained dense model).
+    unused_init: with ``init=random``, the value a weight that has never been active
+        starts Reactivate & Explore from: ``zero`` (it has no most-recently-used value)
+        or ``weights`` (its random value at construction). On MNIST-1D/cnn1d at 10% ERK
+        ``zero`` is clearly better (benchmarks/RESULTS.md): random init values are as
+        large as trained weights, so magnitude growth picks them for their size. With
+        ``init=criterion`` the weights outside the first mask were used in pre-training
+        and explore from their pretrained values whatever this says.
+    """
+
+    update_interval: Optional[int] = None
+    H: int = 100
+    J: int = 100
+    Q: int = 100
+    criterion: str = "magnitude"
+    freeze: bool = True
+    grow_init: str = "dormant"
+    grow_by: str = "criterion"
+    init: str = "random"
+    unused_init: str = "zero"
+
+
+@METHODS.register("iee")
+class IEE(SparseMethod):
+    """IEE for unstructured and N:M sparsity; see the module docstring for the algorithm."""
+
+    name = "iee"
+    Config = IEEConfig
+    needs_total_steps = True
+    keeps_dormant = True
+    dynamic = True
+
+    def validate_config(self) -> None:
+        cfg = self.config
+        for field, low in (("H", 1), ("J", 0), ("Q", 1)):
+            v = getattr(cfg, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{field} must be an integer >= {low}, got {v!r}")
+        # ΔT is H + J + Q; a shared update_interval (a compare grid passes one to every
+        # dynamic method) does not apply to IEE and is replaced
+        self.config = dataclasses.replace(cfg, update_interval=cfg.H + cfg.J + cfg.Q)
+        super().validate_config()
+        cfg = self.config
+        for field, allowed in (("grow_init", ("dormant", "zero")), ("grow_by", ("criterion", "random")),
+                               ("init", ("random", "criterion")), ("unused_init", ("zero", "weights"))):
+            if getattr(cfg, field) not in allowed:
+                raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(cfg, field)!r}")
+        if not isinstance(cfg.freeze, bool):
+            raise ValueError(f"freeze must be true or false, got {cfg.freeze!r}")
+        if _needs_grad(cfg.criterion) and cfg.H < 2:
+            raise ValueError(
+                f"criterion '{cfg.criterion}' is summed over the Importance Estimation stage, whose "
+                f"first instance has H − 1 iterations: H must be >= 2, got {cfg.H}"
+            )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        self.cycles = iee_cycles(cfg.total_steps, cfg.end_fraction, cfg.H, cfg.J, cfg.Q)
+        if self.cycles < 1:
+            raise ValueError(
+                f"no IEE step fits: T_end = {self.t_end} steps (end_fraction {cfg.end_fraction} of "
+                f"total_steps {cfg.total_steps}) is shorter than ΔT = H + J + Q = {cfg.update_interval}; "
+                "lower H, J, Q or train longer"
+            )
+        self._accumulates = _needs_grad(cfg.criterion)
+        sparse_ids = {id(p) for p in self.params.values()}
+        self._others = [p for p in self.model.parameters() if id(p) not in sparse_ids]
+        self.state.counters.setdefault(PHASE, "exploit")
+        self.state.counters.setdefault(CYCLES_DONE, 0)
+        if cfg.init == "random" and cfg.unused_init == "zero":
+            for n, d in self.state.dormant.items():
+                d.mul_(self.state.masks[n])   # never-active weights have no MRU value: 0
+        if self._accumulates:
+            self.state.buffers[SCORE] = {n: torch.zeros_like(p, dtype=torch.float32)
+                                         for n, p in self.params.items()}
+        self._run_events(1)  # H = 1: the first prune comes before iteration 1
+
+    # ---- schedule ------------------------------------------------------------
+    def stage(self, i: int) -> str:
+        cfg = self.config
+        return iee_stage(i, cfg.H, cfg.J, cfg.Q, self.cycles)
+
+    @property
+    def phase(self) -> str:
+        return self.state.counters[PHASE]
+
+    # ---- masks -----------------------------------------------------------------
+    def initial_masks(self, targets):
+        if self.config.init == "random":
+            return super().initial_masks(targets)
+        crit = CRITERIA.get(self.config.criterion)
+        needs_grad = _needs_grad(self.config.criterion)
+        scores = {}
+        for n, p in self.params.items():
+            if needs_grad and p.grad is None:
+                raise ValueError(
+                    f"init='criterion' with criterion '{self.config.criterion}' needs gradients in "
+                    f"'{n}'.grad when the method is built; use init='random' or criterion='magnitude'"
+                )
+            scores[n] = crit(p, p.grad, self.generator)
+        return self.select(scores, targets)
+
+    def live_masks(self) -> Dict[str, torch.Tensor]:
+        """Θ_K, or every weight (Θ_K ∪ Θ_P) during Reactivate & Explore."""
+        if self.state.counters.get(PHASE) == "explore":
+            return {n: torch.ones_like(m) for n, m in self.state.masks.items()}
+        return self.state.masks
+
+    def expected_counts(self) -> Dict[str, int]:
+        """|Θ_K| per layer: target − Ω_t between Prune and Grow, the target otherwise."""
+        if self.state.counters.get(PHASE) in ("reduced", "explore"):
+            return dict(self.state.counters[KEPT])
+        return dict(self.state.targets)
+
+    def apply_masks(self) -> None:
+        # after a load in the middle of Reactivate & Explore, Θ_P is live: keep it
+        live = self.live_masks()
+        for n in self.names:
+            p, m = self.params[n], live[n]
+            with torch.no_grad():
+                p.mul_(m)
+            zero_optimizer_state_(self.optimizer, p, ~m)
+
+    # ---- the training step --------------------------------------------------------
+    def step(self) -> None:
+        step = self.state.step + 1
+        self.before_step(step)
+        params = [self.params[n] for n in self.names]
+        if self.phase == "explore":
+            if self.config.freeze:
+                mask_gradients_(params, [~self.state.masks[n] for n in self.names])
+                for p in self._others:
+                    p.grad = None
+            self.optimizer.step()
+            if self.config.freeze:
+                snap = self.state.buffers[SNAP_PARAM]
+                with torch.no_grad():
+                    for n, p in zip(self.names, params):
+                        p.copy_(torch.where(self.state.masks[n], snap[n], p))
+        else:
+            masks = [self.state.masks[n] for n in self.names]
+            mask_gradients_(params, masks)
+            self.optimizer.step()
+            mask_parameters_(params, masks)
+        self.state.step = step
+        self.after_step(step)
+
+    def before_step(self, step: int) -> None:
+        # gradient-based scores: summed over Importance Estimation (for Prune) and over
+        # Reactivate & Explore (for Grow), read while .grad is still dense
+        if self._accumulates and self.stage(step) in ("estimate", "explore"):
+            crit = CRITERIA.get(self.config.criterion)
+            acc = self.state.buffers[SCORE]
+            for n, p in self.params.items():
+                if p.grad is not None:
+                    acc[n] += crit(p, p.grad, self.generator).float()
+
+    def after_step(self, step: int) -> None:
+        self._run_events(step + 1)
+
+    def _run_events(self, i: int) -> None:
+        cfg = self.config
+        for event in iee_events(i, cfg.H, cfg.J, cfg.Q, self.cycles):
+            getattr(self, "_" + event)(i)
+
+    # ---- scores and counts ----------------------------------------------------------
+    def _scores(self, which: str) -> Dict[str, torch.Tensor]:
+        if which == "grow" and self.config.grow_by == "random":
+            rnd = CRITERIA.get("random")
+            return {n: rnd(self.params[n], None, self.generator) for n in self.names}
+        if self._accumulates:
+            acc = self.state.buffers[SCORE]
+            out = {n: acc[n].clone() for n in self.names}
+            for t in acc.values():
+                t.zero_()
+            return out
+        crit = CRITERIA.get(self.config.criterion)
+        return {n: crit(self.params[n], self.params[n].grad, self.generator) for n in self.names}
+
+    def _sparse_names(self):
+        """Layers IEE updates: not the dense ones (dense_first_last under global, or any
+        layer whose target is all of it), whose Θ_P would be empty."""
+        if self.is_global:
+            dense = set(self.dense_names())
+            return [n for n in self.names if n not in dense]
+        return [n for n in self.names if self.state.targets[n] < self.params[n].numel()]
+
+    def _drop_counts(self, fraction: float) -> Dict[str, int]:
+        """Ω_t = ⌊α_t·|Θ_K|⌋ per layer (one total under ``global``); dense layers keep all."""
+        sparse = self._sparse_names()
+        if self.is_global:
+            return {"*": int(math.floor(fraction * sum(self.state.targets[n] for n in sparse)))}
+        return {n: int(math.floor(fraction * self.state.targets[n])) if n in sparse else 0
+                for n in self.names}
+
+    def _select(self, kind: str, scores, counts, masks) -> Dict[str, torch.Tensor]:
+        if self.is_global:
+            sparse = self._sparse_names()
+            fn = global_prune if kind == "prune" else global_grow
+            out = fn({n: scores[n] for n in sparse}, {n: masks[n] for n in sparse}, counts["*"])
+            return {n: out[n] if n in out else masks[n].clone() for n in self.names}
+        fn = self.structure.prune if kind == "prune" else self.structure.grow
+        return {n: fn(scores[n], masks[n], counts[n]) for n in self.names}
+
+    # ---- the structure changes -------------------------------------------------------
+    def _prune(self, i: int) -> None:
+        fraction = self.update_fraction(i)
+        counts = self._drop_counts(fraction)
+        scores = self._scores("prune")
+        before = dict(self.state.masks)
+        after = self._select("prune", scores, counts, before)
+        targets = dict(self.state.targets)
+        self.commit(after, record=False)       # pruned values -> dormant, zero state
+        self.state.targets = targets           # |Θ_K| shrinks for this IEE step only
+        record = mask_metrics.record_prune(self.state, before, after)
+        self.state.buffers[BEFORE] = {n: m.clone() for n, m in before.items()}
+        self.state.counters[OMEGA] = counts
+        self.state.counters[FRACTION] = fraction
+        self.state.counters[KEPT] = {n: int(torch.count_nonzero(after[n])) for n in self.names}
+        self.state.counters[PHASE] = "reduced"
+        self.log({"step": self.state.step, "event": "prune", "fraction": fraction, **record,
+                  "density": self.state.density(), "layer_density": self.state.layer_densities()})
+
+    def _reactivate(self, i: int) -> None:
+        opt = self.optimizer
+        for n in self.names:
+            p, m, d = self.params[n], self.state.masks[n], self.state.dormant[n]
+            with torch.no_grad():
+                p.copy_(torch.where(m, p, d))   # Θ_P back at its MRU values
+            zero_optimizer_state_(opt, p, ~m)
+        if self.config.freeze:
+            bufs = self.state.buffers
+            bufs[SNAP_PARAM] = {n: self.params[n].detach().clone() for n in self.names}
+            scalars: Dict[str, Dict[str, object]] = {}
+            for n in self.names:
+                for key, v in (opt.state.get(self.params[n], {}) if opt is not None else {}).items():
+                    if torch.is_tensor(v):
+                        bufs.setdefault(SNAP_OPT + str(key), {})[n] = v.detach().clone()
+                    else:
+                        scalars.setdefault(n, {})[str(key)] = copy.deepcopy(v)
+            self.state.counters[SNAP_SCALARS] = scalars
+        self.state.counters[PHASE] = "explore"
+
+    def _restore_frozen_state(self) -> None:
+        """Θ_K's optimizer state back to its snapshot from the start of the stage."""
+        opt, bufs = self.optimizer, self.state.buffers
+        scalars = self.state.counters.pop(SNAP_SCALARS, {})
+        for key in [k for k in bufs if k.startswith(SNAP_OPT)]:
+            snaps = bufs[key]
+            name = key[len(SNAP_OPT):]
+            for n, snap in snaps.items():
+                p = self.params[n]
+                st = opt.state.get(p, {})
+                if name not in st or not torch.is_tensor(st[name]):
+                    continue
+                v = st[name]
+                snap = snap.to(v.device)
+                with torch.no_grad():
+                    if v.shape == p.shape:
+                        v.copy_(torch.where(self.state.masks[n].to(v.device), snap, v))
+                    else:
+                        v.copy_(snap)  # per-parameter scalar (Adam's step)
+        if opt is not None:
+            for n, vals in scalars.items():
+                st = opt.state.get(self.params[n])
+                if st is not None:
+                    for key, v in vals.items():
+                        st[key] = v
+        for key in [k for k in bufs if k.startswith(SNAP)]:
+            del bufs[key]   # frees the snapshot
+
+    def _grow(self, i: int) -> None:
+        scores = self._scores("grow")
+        if self.config.freeze:
+            self._restore_frozen_state()
+        kept = dict(self.state.masks)
+        counts = self.state.counters.pop(OMEGA)
+        fraction = self.state.counters.pop(FRACTION)
+        new = self._select("grow", scores, counts, kept)
+        for n in self.names:
+            p, d = self.params[n], self.state.dormant[n]
+            with torch.no_grad():
+                d.copy_(torch.where(kept[n], d, p))   # Θ_P goes dormant at its explored values
+        self.commit(new, grow_init=self.config.grow_init, record=False)
+        for n in self.names:   # explored, not grown: inactive again, with zero state
+            zero_optimizer_state_(self.optimizer, self.params[n], ~new[n])
+        before = self.state.buffers.pop(BEFORE)
+        record = mask_metrics.record_grow(self.state, before, kept, new)
+        self.state.counters.pop(KEPT)
+        self.state.counters[PHASE] = "exploit"
+        self.state.counters[CYCLES_DONE] += 1
+        self.log({"step": self.state.step, "event": "grow", "fraction": fraction, **record,
+                  "density": self.state.density(), "layer_density": self.state.layer_densities()})
+
+    # ---- cost --------------------------------------------------------------------------
+    def step_flops(self, zeta_sparse: float, zeta_dense: float) -> float:
+        """IEE appendix §3: 3·ζ_P in Importance Estimation, Accuracy Improvement and after
+        T_end; 2·ζ_P + ζ_D in Reactivate & Explore (dense forward, sparse gradients of the
+        frozen Θ_K). Without freezing every weight trains there: 3·ζ_D."""
+        if self.stage(self.state.step) == "explore":
+            return 2.0 * zeta_sparse + zeta_dense if self.config.freeze else 3.0 * zeta_dense
+        return 3.0 * zeta_sparse

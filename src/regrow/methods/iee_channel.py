@@ -1,0 +1,159 @@
+"""Structured, latency-constrained IEE (Sun et al. 2025, §3.1 with appendix §4): IEE's
+prune / explore / grow cycle on channel groups under a latency budget Ψ.
+
+The stage machinery is unstructured IEE's (:mod:`regrow.methods.iee`: the event
+schedule of Algorithm 1, Θ_K frozen bit-exactly during Reactivate & Explore, the
+snapshot in ``SparseState``); only the unit and the selection change:
+
+* units are channel groups; importance is Taylor on BatchNorm accumulated over the
+  stage, I_j = Σ_BN |g_γj·γ_j + g_βj·β_j| (appendix Eq. 2);
+* Prune = Knapsack(I(Θ_K), R, Ψ − Ω_t) (appendix §4.2): keep the most important active
+  channels whose latency fits Ψ − Ω_t, R_j = T(p^{l−1}, j) − T(p^{l−1}, j − 1);
+* Reactivate & Explore: every pruned channel comes back at its dormant values and
+  trains for Q iterations with Θ_K frozen;
+* Grow = Knapsack(I(Θ_P), R, Ω_t) (appendix §4.3): add the most important explored
+  channels whose latency fits back into Ψ; Ω_t = α_t·Ψ is a latency amount.
+
+From scratch (``init='random'``) the start is a random channel structure meeting Ψ (a
+knapsack over random importances); ``init='criterion'`` starts from the model it is
+given (e.g. pretrained) and keeps the channels of largest Σ|γ| within Ψ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+import torch
+
+from .. import metrics as mask_metrics
+from ..optim import zero_optimizer_state_
+from ..structured.masking import ChannelConfig, ChannelMethod
+from .base import METHODS
+from .iee import (
+    BEFORE, CYCLES_DONE, FRACTION, IEE, KEPT, OMEGA, PHASE, IEEConfig, iee_cycles,
+)
+
+
+@dataclass
+class ChannelIEEConfig(ChannelConfig, IEEConfig):
+    """IEE's fields (H, J, Q, alpha, end_fraction, freeze, grow_init, init) plus the channel
+    fields (input_shape, cost, latency_table, latency_target | latency_ms, ...). The
+    criterion is Taylor on BatchNorm."""
+
+    criterion: str = "taylor"
+
+
+@METHODS.register("iee_channel")
+class ChannelIEE(ChannelMethod, IEE):
+    name = "iee_channel"
+    Config = ChannelIEEConfig
+    structures = ("channel",)
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        cfg = self.config
+        if cfg.criterion != "taylor":
+            raise ValueError(f"criterion must be 'taylor' (Taylor on BatchNorm) for channel IEE, got {cfg.criterion!r}")
+        if cfg.grow_by != "criterion":
+            raise ValueError("grow_by must be 'criterion' for channel IEE (the knapsack grows by importance)")
+
+    def __init__(self, *args, **kwargs):
+        ChannelMethod.__init__(self, *args, **kwargs)
+        cfg = self.config
+        self.cycles = iee_cycles(cfg.total_steps, cfg.end_fraction, cfg.H, cfg.J, cfg.Q)
+        if self.cycles < 1:
+            raise ValueError(
+                f"no IEE step fits: T_end = {self.t_end} steps is shorter than ΔT = H + J + Q = "
+                f"{cfg.update_interval}; lower H, J, Q or train longer"
+            )
+        self._accumulates = True
+        ids = {id(p) for p in self.params.values()}
+        self._others = [p for p in self.model.parameters() if id(p) not in ids]
+        self.state.counters.setdefault(PHASE, "exploit")
+        self.state.counters.setdefault(CYCLES_DONE, 0)
+        self._run_events(1)
+
+    # ---- start -----------------------------------------------------------------------
+    def initial_channels(self) -> Dict[str, torch.Tensor]:
+        """A structure meeting Ψ: knapsack over random importances (``init='random'``) or
+        Σ|γ| of the group's BNs (``init='criterion'``, e.g. from a pretrained model)."""
+        full = {g.name: torch.ones(g.size, dtype=torch.bool, device=self.example.device) for g in self.groups}
+        none = {k: ~v for k, v in full.items()}
+        if self.config.init == "random":
+            imp = {g.name: torch.rand(g.size, generator=self.generator) for g in self.groups}
+        else:
+            imp = {}
+            for g in self.groups:
+                s = torch.zeros(g.size)
+                for m in g.members:
+                    if m.kind == "bn":
+                        w = self.modules[m.module].weight.detach().abs().cpu()
+                        s.index_add_(0, torch.tensor(m.root), w[list(m.idxs)])
+                imp[g.name] = s
+        lo = {g.name: self.config.min_channels for g in self.groups}
+        return self.knapsack(imp, full, none, self.budget, lo, counts={g.name: g.size for g in self.groups})
+
+    # ---- stages ----------------------------------------------------------------------
+    def before_step(self, step: int) -> None:
+        if self.stage(step) in ("estimate", "explore"):
+            self.accumulate_importance()
+
+    def mask_stats(self) -> None:
+        if self.state.counters.get(PHASE) != "explore":  # reactivated channels track their statistics
+            super().mask_stats()
+
+    def _reactivate(self, i: int) -> None:
+        super()._reactivate(i)  # IEE's: Θ_P back at dormant values, Θ_K snapshot for the freeze
+        # reactivated channels track BN statistics afresh from BatchNorm's initial (0, 1): a
+        # zero variance would blow up their eval-mode output until the average caught up
+        with torch.no_grad():
+            for n, m in self._stat_masks.items():
+                self.stats[n].masked_fill_(~m, 1.0 if n.endswith("running_var") else 0.0)
+
+    def _take_importance(self) -> Dict[str, torch.Tensor]:
+        imp = {k: v.clone() for k, v in self.state.buffers["importance"].items()}
+        self.reset_importance()
+        return imp
+
+    def _prune(self, i: int) -> None:
+        fraction = self.update_fraction(i)
+        omega = fraction * self.budget
+        imp = self._take_importance()
+        active = self.channels
+        none = {k: torch.zeros_like(v) for k, v in active.items()}
+        lo = {g.name: self.config.min_channels for g in self.groups}
+        new = self.knapsack(imp, active, none, self.budget - omega, lo)
+        before = dict(self.state.masks)
+        self.commit_channels(new, record=False)   # pruned values -> dormant, zero state
+        record = mask_metrics.record_prune(self.state, before, self.state.masks)
+        self.state.buffers[BEFORE] = {n: m.clone() for n, m in before.items()}
+        self.state.counters[OMEGA] = omega
+        self.state.counters[FRACTION] = fraction
+        self.state.counters[KEPT] = {n: int(torch.count_nonzero(m)) for n, m in self.state.masks.items()}
+        self.state.counters[PHASE] = "reduced"
+        self.log({"step": self.state.step, "event": "prune", "fraction": fraction, "omega": omega, **record,
+                  **self.structure_record()})
+
+    def _grow(self, i: int) -> None:
+        imp = self._take_importance()
+        if self.config.freeze:
+            self._restore_frozen_state()
+        kept = dict(self.state.masks)
+        self.state.counters.pop(OMEGA)
+        fraction = self.state.counters.pop(FRACTION)
+        active = self.channels
+        new = self.knapsack(imp, {k: ~v for k, v in active.items()}, active, self.budget)
+        for n in self.names:
+            p, d = self.params[n], self.state.dormant[n]
+            with torch.no_grad():
+                d.copy_(torch.where(kept[n], d, p))   # Θ_P goes dormant at its explored values
+        self.state.counters[PHASE] = "exploit"
+        self.commit_channels(new, grow_init=self.config.grow_init, record=False)
+        for n in self.names:   # explored, not grown: inactive again, with zero state
+            zero_optimizer_state_(self.optimizer, self.params[n], ~self.state.masks[n])
+        before = self.state.buffers.pop(BEFORE)
+        record = mask_metrics.record_grow(self.state, before, kept, self.state.masks)
+        self.state.counters.pop(KEPT)
+        self.state.counters[CYCLES_DONE] += 1
+        self.log({"step": self.state.step, "event": "grow", "fraction": fraction, **record,
+                  **self.structure_record()})

@@ -1,0 +1,448 @@
+"""Layer costs for latency-constrained channel sparsity: device latency lookup tables
+and a FLOPs (MACs) model.
+
+HALP (Shen et al. 2022, §3.3) and IEE (appendix §4.1, §5.4) keep a table
+T^l(p^{l−1}, p^l): the latency of layer l with p^{l−1} input and p^l output channels,
+measured on the target device. Here one table entry covers every layer with the same
+signature (batch, c_in, c_out, feature map, kernel, stride, padding, groups); it holds
+a grid of channel counts, each timed as the median of repeated runs after warm-up
+(CUDA: events + synchronize), and is read in between by bilinear interpolation in
+(c_in, c_out). A conv is timed together with the BatchNorm and ReLU that follow it in
+the networks this library prunes, so the table sees the element-wise work that scales
+with the output channels too. Tables are cached on disk keyed by device name and torch
+version, and a table from another device is refused.
+
+``cost="flops"`` is the device-independent alternative: T^l = MACs per sample.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .groups import CONV, ChannelGroup, is_depthwise, prunable_layers
+
+FORMAT = "regrow.latency/1"
+COSTS = ("latency", "flops")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A Conv/Linear layer as a cost model sees it, with full channel counts."""
+
+    name: str
+    kind: str  # conv | dwconv | linear
+    c_in: int
+    c_out: int
+    spatial: Tuple[int, ...]  # input feature map (empty for Linear)
+    kernel: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    bias: bool
+
+    def signature(self, batch: int) -> str:
+        f = lambda t: "x".join(map(str, t)) or "-"  # noqa: E731
+        return (f"{self.kind}|b{batch}|{self.c_in}x{self.c_out}|in{f(self.spatial)}|k{f(self.kernel)}"
+                f"|s{f(self.stride)}|p{f(self.padding)}|d{f(self.dilation)}|bias{int(self.bias)}")
+
+    def out_spatial(self) -> Tuple[int, ...]:
+        return tuple(
+            (s + 2 * p - d * (k - 1) - 1) // st + 1
+            for s, p, d, k, st in zip(self.spatial, self.padding, self.dilation, self.kernel, self.stride)
+        )
+
+    def macs(self, c_in, c_out):
+        """MACs per sample with c_in/c_out active channels (arrays broadcast)."""
+        hw = int(np.prod(self.out_spatial())) if self.spatial else 1
+        k = int(np.prod(self.kernel)) if self.kernel else 1
+        if self.kind == "dwconv":
+            return np.asarray(c_out, dtype=np.float64) * k * hw
+        return np.asarray(c_in, dtype=np.float64) * np.asarray(c_out, dtype=np.float64) * k * hw
+
+
+def model_layers(model: nn.Module, example_inputs) -> List[Layer]:
+    """Every Conv/Linear of ``model`` with the feature map it sees on ``example_inputs``."""
+    names = prunable_layers(model)
+    modules = dict(model.named_modules())
+    seen: Dict[str, Tuple[int, ...]] = {}
+    hooks = []
+    for n in names:
+        def hook(mod, inp, out, n=n):
+            seen.setdefault(n, tuple(inp[0].shape))
+        hooks.append(modules[n].register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    out = []
+    for n in names:
+        m = modules[n]
+        if n not in seen:
+            raise ValueError(f"layer '{n}' is not used in the forward pass on the example input")
+        shape = seen[n]
+        if isinstance(m, CONV):
+            if isinstance(m.padding, str):
+                raise ValueError(f"unsupported layer '{n}': string padding '{m.padding}' (give it as integers)")
+            kind = "dwconv" if is_depthwise(m) else "conv"
+            out.append(Layer(n, kind, m.in_channels, m.out_channels, tuple(shape[2:]), tuple(m.kernel_size),
+                             tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.bias is not None))
+        else:
+            out.append(Layer(n, "linear", m.in_features, m.out_features, (), (), (), (), (), m.bias is not None))
+    return out
+
+
+# ---- the device -------------------------------------------------------------------
+def device_name(device: torch.device) -> str:
+    """A stable name for the timing device (CUDA: GPU name; CPU: processor model + threads)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu:{model}:threads{torch.get_num_threads()}"
+
+
+CLOCKS = ("wall", "cpu")
+
+
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10,
+                  clock: str = "wall") -> float:
+    """Median time of ``fn()`` in milliseconds after ``warmup`` calls.
+
+    clock: ``wall`` (CUDA: events), or on CPU ``cpu``, the calling thread's CPU time
+    (``time.thread_time``), which other processes' load does not inflate; it needs
+    ``torch.set_num_threads(1)`` so that all the work runs in the calling thread."""
+    device = torch.device(device)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
+    if clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("clock 'cpu' (thread CPU time) needs a CPU device and torch.set_num_threads(1)")
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(device)
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(repeats):
+                t0 = now()
+                fn()
+                times.append((now() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def layer_block(layer: Layer, c_in: int, c_out: int) -> nn.Module:
+    """The module timed for ``layer`` at (c_in, c_out): conv + BN + ReLU, or a Linear."""
+    if layer.kind == "linear":
+        return nn.Linear(c_in, c_out, bias=layer.bias)
+    conv_cls = nn.Conv1d if len(layer.kernel) == 1 else nn.Conv2d
+    bn_cls = nn.BatchNorm1d if len(layer.kernel) == 1 else nn.BatchNorm2d
+    groups = c_out if layer.kind == "dwconv" else 1
+    cin = c_out if layer.kind == "dwconv" else c_in
+    return nn.Sequential(
+        conv_cls(cin, c_out, layer.kernel, layer.stride, layer.padding, layer.dilation, groups, layer.bias),
+        bn_cls(c_out), nn.ReLU(inplace=True),
+    )
+
+
+def channel_grid(n: int, points: int) -> List[int]:
+    """``points`` evenly spaced counts in [1, n], plus both sides of every multiple of the
+    SIMD width (16, or a coarser multiple of 16 for wide layers): CPU and GPU kernels
+    change algorithm there, and interpolating across such a cliff would mislead."""
+    grid = {int(round(x)) for x in np.linspace(1, n, max(2, min(points, n)))}
+    step = 16 * max(1, int(np.ceil(n / (16 * max(points, 2)))))
+    for m in range(step, n + 1, step):
+        grid.update((m - 1, m))
+    return sorted(c for c in grid if 1 <= c <= n)
+
+
+# ---- the table ----------------------------------------------------------------------
+class LatencyTable:
+    """Measured latencies by layer signature, for one device and torch version."""
+
+    def __init__(self, device: str, torch_version: str, entries: Optional[Dict[str, dict]] = None,
+                 source: str = "<memory>", clock: str = "wall", overheads: Optional[Dict[str, float]] = None):
+        self.device = device
+        self.clock = clock
+        # per model (key: model_key): measured dense latency / Σ layer entries, the share of
+        # pooling, additions and dispatch the layer entries do not see (it scales with them)
+        self.overheads: Dict[str, float] = dict(overheads or {})
+        self.torch_version = torch_version
+        self.entries: Dict[str, dict] = dict(entries or {})
+        self.source = source
+
+    # persistence
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "device": self.device, "torch": self.torch_version, "clock": self.clock,
+                "overheads": self.overheads, "entries": self.entries}
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str, device: Optional[torch.device] = None, check: bool = True) -> "LatencyTable":
+        """Read a table; with ``check`` refuse one measured on another device / torch version."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"latency table '{path}' does not exist; build one with "
+                                    "`regrow latency-table --model M --data D --batch-size B --out FILE`")
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"'{path}' is not a regrow latency table (expected format '{FORMAT}')")
+        table = cls(data["device"], data["torch"], data["entries"], source=path, clock=data.get("clock", "wall"),
+                    overheads=data.get("overheads", {}))
+        if check:
+            here = device_name(device if device is not None else torch.device("cpu"))
+            if table.device != here or table.torch_version != torch.__version__:
+                raise ValueError(
+                    f"latency table '{path}' was measured on '{table.device}' with torch "
+                    f"{table.torch_version}, but this run times on '{here}' with torch "
+                    f"{torch.__version__}; latencies do not transfer between devices: rebuild the "
+                    "table here with `regrow latency-table` (or use cost='flops')"
+                )
+        return table
+
+    # lookup
+    def covers(self, layer: Layer, batch: int) -> bool:
+        return layer.signature(batch) in self.entries
+
+    def entry(self, layer: Layer, batch: int) -> dict:
+        sig = layer.signature(batch)
+        if sig not in self.entries:
+            raise ValueError(
+                f"latency table {self.source} does not cover layer '{layer.name}' (signature {sig}); "
+                "rebuild it for this model, input size and batch size with `regrow latency-table`"
+            )
+        return self.entries[sig]
+
+    def lookup(self, layer: Layer, batch: int, c_in, c_out) -> np.ndarray:
+        """Interpolated latency (ms) at active (c_in, c_out); arrays broadcast."""
+        e = self.entry(layer, batch)
+        ms = np.asarray(e["ms"], dtype=np.float64)
+        gout = np.asarray(e["c_out"], dtype=np.float64)
+        if layer.kind == "dwconv":  # one count: c_in = c_out = groups
+            return np.interp(np.asarray(c_out, dtype=np.float64), gout, ms[0])
+        return bilinear(np.asarray(e["c_in"], dtype=np.float64), gout, ms, c_in, c_out)
+
+    def add_entry(self, layer: Layer, batch: int, c_in: Sequence[int], c_out: Sequence[int], ms) -> None:
+        self.entries[layer.signature(batch)] = {
+            "c_in": list(map(int, c_in)), "c_out": list(map(int, c_out)),
+            "ms": np.asarray(ms, dtype=np.float64).tolist(),
+        }
+
+
+def model_key(layers: Sequence[Layer], batch: int) -> str:
+    """Identifies a model's layer list at a batch size (for its overhead entry)."""
+    sig = "\n".join(f"{layer.name}={layer.signature(batch)}" for layer in layers)
+    return f"model-{hashlib.sha1(sig.encode()).hexdigest()[:16]}-b{batch}"
+
+
+def bilinear(gx: np.ndarray, gy: np.ndarray, z: np.ndarray, x, y) -> np.ndarray:
+    """Bilinear interpolation of z[i, j] = f(gx[i], gy[j]) at (x, y), clamped to the grid."""
+    x = np.clip(np.asarray(x, dtype=np.float64), gx[0], gx[-1])
+    y = np.clip(np.asarray(y, dtype=np.float64), gy[0], gy[-1])
+    if len(gx) == 1:
+        return np.interp(y, gy, z[0]) + 0 * x
+    if len(gy) == 1:
+        return np.interp(x, gx, z[:, 0]) + 0 * y
+    i = np.clip(np.searchsorted(gx, x, side="right") - 1, 0, len(gx) - 2)
+    j = np.clip(np.searchsorted(gy, y, side="right") - 1, 0, len(gy) - 2)
+    tx = (x - gx[i]) / (gx[i + 1] - gx[i])
+    ty = (y - gy[j]) / (gy[j + 1] - gy[j])
+    return ((1 - tx) * (1 - ty) * z[i, j] + tx * (1 - ty) * z[i + 1, j]
+            + (1 - tx) * ty * z[i, j + 1] + tx * ty * z[i + 1, j + 1])
+
+
+def build_table(layers: Sequence[Layer], batch: int, device: torch.device, points: int = 8,
+                warmup: int = 3, repeats: int = 10, table: Optional[LatencyTable] = None,
+                progress: bool = False, clock: str = "wall", model: Optional[nn.Module] = None,
+                input_shape: Optional[Sequence[int]] = None) -> LatencyTable:
+    """Measure every distinct layer signature not yet in ``table`` over a grid of
+    ``points`` channel counts per dimension (median of ``repeats`` after ``warmup``).
+    With ``model`` (whose layers these are) and ``input_shape`` (one sample's) also its
+    overhead factor: the dense model's measured latency over the sum of its layer
+    entries, which scales every layer cost predicted for it."""
+    device = torch.device(device)
+    table = table or LatencyTable(device_name(device), torch.__version__, clock=clock)
+    if table.clock != clock:
+        raise ValueError(f"latency table {table.source} was timed with clock '{table.clock}', not '{clock}'")
+    todo: Dict[str, Layer] = {}
+    for layer in layers:
+        if not table.covers(layer, batch):
+            todo.setdefault(layer.signature(batch), layer)
+    jobs = []
+    for layer in todo.values():
+        gout = channel_grid(layer.c_out, points)
+        gin = [layer.c_out] if layer.kind == "dwconv" else channel_grid(layer.c_in, points)
+        jobs.append((layer, gin, gout))
+    total = sum(1 if lay.kind == "dwconv" else len(gi) * len(go) for lay, gi, go in jobs)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc="latency table", unit="point")
+    try:
+        for layer, gin, gout in jobs:
+            if layer.kind == "dwconv":
+                ms = [[_time_point(layer, c, c, batch, device, warmup, repeats, clock) for c in gout]]
+                gin = [0]
+                if bar:
+                    bar.update(1)
+            else:
+                ms = []
+                for ci in gin:
+                    ms.append([_time_point(layer, ci, co, batch, device, warmup, repeats, clock) for co in gout])
+                    if bar:
+                        bar.update(len(gout))
+            table.add_entry(layer, batch, gin, gout, ms)
+    finally:
+        if bar:
+            bar.close()
+    key = model_key(layers, batch)
+    if model is not None and key not in table.overheads:
+        if input_shape is None:
+            raise ValueError("build_table: measuring a model's overhead needs its input_shape")
+        x = torch.randn((batch,) + tuple(input_shape), device=device)
+        whole = measure_model(model, x, warmup, repeats, clock)["latency_ms"]
+        parts = sum(float(table.lookup(layer, batch, layer.c_in, layer.c_out)) for layer in layers)
+        table.overheads[key] = whole / parts
+    return table
+
+
+def _time_point(layer: Layer, c_in: int, c_out: int, batch: int, device, warmup, repeats, clock) -> float:
+    block = layer_block(layer, c_in, c_out).to(device).eval()
+    cin = c_out if layer.kind == "dwconv" else c_in
+    x = torch.randn((batch, cin) + tuple(layer.spatial), device=device)
+    return time_callable(lambda: block(x), device, warmup, repeats, clock)
+
+
+# ---- cost models ---------------------------------------------------------------------
+class CostModel:
+    """T^l(c_in, c_out) for every layer: a latency table (ms) or MACs (``flops``, in M)."""
+
+    def __init__(self, layers: Sequence[Layer], kind: str = "latency", table: Optional[LatencyTable] = None,
+                 batch: int = 1):
+        if kind not in COSTS:
+            raise ValueError(f"cost must be one of {', '.join(COSTS)}; got {kind!r}")
+        if kind == "latency":
+            if table is None:
+                raise ValueError("cost='latency' needs a latency table")
+            for layer in layers:
+                table.entry(layer, batch)  # raises naming an uncovered layer
+        self.layers = {layer.name: layer for layer in layers}
+        self.kind, self.table, self.batch = kind, table, batch
+        self.scale = table.overheads.get(model_key(layers, batch), 1.0) if kind == "latency" else 1.0
+
+    def __call__(self, name: str, c_in, c_out) -> np.ndarray:
+        layer = self.layers[name]
+        if self.kind == "flops":
+            return layer.macs(c_in, c_out) / 1e6
+        return self.scale * self.table.lookup(layer, self.batch, c_in, c_out)
+
+
+class CostGraph:
+    """Which group feeds each layer's input and which holds its outputs, so a cost model
+    can price a structure given only the kept channel count of every group."""
+
+    def __init__(self, layers: Sequence[Layer], groups: Sequence[ChannelGroup]):
+        self.layers = list(layers)
+        self.groups = {g.name: g for g in groups}
+        names = {layer.name for layer in self.layers}
+        self.out_group: Dict[str, str] = {}
+        # (group, input features per channel): a flatten maps one channel to several
+        self.in_share: Dict[str, List[Tuple[str, float]]] = {layer.name: [] for layer in self.layers}
+        for g in groups:
+            for m in g.members:
+                if m.module not in names:
+                    continue
+                if m.dim == 0:
+                    self.out_group[m.module] = g.name
+                else:
+                    self.in_share[m.module].append((g.name, len(m.idxs) / g.size))
+
+    def active(self, counts: Dict[str, int]) -> Dict[str, Tuple[int, int]]:
+        """Active (c_in, c_out) of each layer with ``counts`` channels kept per group."""
+        out = {}
+        for layer in self.layers:
+            ci = layer.c_in - sum((self.groups[g].size - counts[g]) * per for g, per in self.in_share[layer.name])
+            go = self.out_group.get(layer.name)
+            co = counts[go] if go is not None else layer.c_out
+            out[layer.name] = (int(round(ci)), co)
+        return out
+
+    def predict(self, cost: "CostModel", counts: Dict[str, int]) -> float:
+        """Predicted latency (ms) or MMACs of the structure."""
+        act = self.active(counts)
+        return float(sum(float(cost(layer.name, *act[layer.name])) for layer in self.layers))
+
+    def group_costs(self, cost: "CostModel", counts: Dict[str, int], group: str, js) -> np.ndarray:
+        """C_g(j): the cost of the layers whose outputs are ``group`` when it keeps j channels,
+        inputs at their current counts (HALP's T^l(p^{l−1}, j), summed over coupled layers)."""
+        act = self.active(counts)
+        js = np.asarray(js, dtype=np.float64)
+        total = np.zeros_like(js)
+        for layer in self.layers:
+            if self.out_group.get(layer.name) == group:
+                total = total + cost(layer.name, act[layer.name][0], js)
+        return total
+
+    def fixed_cost(self, cost: "CostModel", counts: Dict[str, int]) -> float:
+        """Cost of the layers whose outputs belong to no prunable group."""
+        act = self.active(counts)
+        return float(sum(float(cost(layer.name, *act[layer.name])) for layer in self.layers
+                         if layer.name not in self.out_group))
+
+
+def measure_model(model: nn.Module, example: torch.Tensor, warmup: int = 3, repeats: int = 10,
+                  clock: str = "wall") -> Dict[str, float]:
+    """Latency (ms, median) and throughput (images/s) of ``model`` on ``example``'s device."""
+    was_training = model.training
+    model.eval()
+    try:
+        ms = time_callable(lambda: model(example), example.device, warmup, repeats, clock)
+    finally:
+        model.train(was_training)
+    return {"latency_ms": ms, "throughput_ips": example.shape[0] / (ms / 1e3)}
+
+
+def count_macs(layers: Iterable[Layer], act: Dict[str, Tuple[int, int]]) -> float:
+    """MACs per sample of the Conv/Linear layers at the given active channel counts."""
+    return float(sum(float(layer.macs(*act[layer.name])) for layer in layers))
+
+
+def count_params(model: nn.Module) -> int:
+    """Non-zero parameters (a masked or slimmed model counts only what it keeps)."""
+    return int(sum(int((p != 0).sum()) for p in model.parameters()))

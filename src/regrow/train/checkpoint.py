@@ -1,0 +1,111 @@
+"""Run checkpoints: written atomically, validated on load, RNG states included.
+
+A checkpoint is a dict tagged ``format: regrow.checkpoint/1`` holding the model,
+optimizer, LR scheduler, ``method.state_dict()``, the RNG states (torch CPU and
+CUDA, numpy, python), the loop position (step, epoch, steps taken in that epoch,
+metrics.jsonl lines written, running log accumulators) and the resolved config.
+
+Writing goes to a temporary file in the same directory, is flushed to disk and
+then ``os.replace``-d over the old file, so a crash mid-write never damages the
+previous checkpoint. Everything is stored as tensors and plain Python values, so
+loading uses ``torch.load(weights_only=True)`` and executes no pickled code.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+FORMAT = "regrow.checkpoint/1"
+REQUIRED = ("format", "model", "optimizer", "method", "rng", "loop", "config")
+
+
+def rng_state() -> Dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": _python_state(random.getstate()),
+    }
+
+
+def _python_state(state):
+    version, internal, gauss = state
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_rng_state(sd: Dict[str, Any]) -> None:
+    torch.set_rng_state(sd["torch"])
+    if sd.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(sd["cuda"][: torch.cuda.device_count()])
+    n = sd["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = sd["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+def save(path: os.PathLike, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (temp file in the same directory + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Read a regrow checkpoint; a missing, truncated or foreign file raises with its path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        sd = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, unpickling refused, ...
+        raise ValueError(
+            f"checkpoint {path} is unreadable (truncated or not a torch file): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(sd, dict) or sd.get("format") != FORMAT:
+        found = sd.get("format") if isinstance(sd, dict) else type(sd).__name__
+        raise ValueError(f"checkpoint {path} is not a regrow run checkpoint "
+                         f"(expected format '{FORMAT}', found {found!r})")
+    missing = [k for k in REQUIRED if k not in sd]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}")
+    return sd
+
+
+def load_model_weights(path: os.PathLike) -> Dict[str, torch.Tensor]:
+    """Weights for ``--pretrained``: a regrow checkpoint's model, or a plain state_dict
+    (optionally under ``state_dict``/``model``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"pretrained checkpoint {path} is unreadable: {type(e).__name__}") from None
+    if isinstance(sd, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ValueError(f"pretrained checkpoint {path} holds no model state_dict")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}

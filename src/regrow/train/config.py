@@ -1,0 +1,275 @@
+"""One resolved run configuration: defaults < YAML recipe < command-line flags.
+
+:class:`RunConfig` is the single description of a training run. It is written
+fully resolved to ``RUN_DIR/config.yaml`` and stored in every checkpoint, so a run
+can be repeated or resumed from it alone. :func:`validate` checks every value
+before any training starts and names the option and what is allowed.
+
+Batch semantics: ``batch_size`` is the *global* batch of one optimizer step. Under
+``torchrun`` it is split evenly across ranks, and each rank's share is split into
+``grad_accum`` micro-batches, so the number of optimizer steps per epoch and the
+update interval ΔT mean the same whatever the world size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "warmup-cosine")
+DEVICES = ("auto", "cpu", "cuda")
+# Method options the harness sets itself from top-level fields.
+HARNESS_METHOD_KEYS = ("density", "distribution", "structure", "total_steps", "seed")
+# Non-run sections a recipe may carry (read by ``regrow compare``).
+EXTRA_SECTIONS = ("compare",)
+
+
+def _f(default: Any, help: str, **kw: Any):
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunConfig:
+    method: str = _f("rigl", "sparsity method (registry name)")
+    method_options: Dict[str, Any] = _f({}, "options of the method's own Config (see --opt)")
+    model: str = _f("mlp", "model (registry name, or tv:<torchvision name>)")
+    model_options: Dict[str, Any] = _f({}, "keyword options of the model builder (e.g. mlp hidden, wrn28_k k)")
+    data: str = _f("mnist1d", "dataset (registry name)")
+    data_root: Optional[str] = _f(None, "dataset directory (fashion-mnist, mnist, cifar*, imagefolder)")
+    synthetic: Optional[Dict[str, Any]] = _f(None, "options of the synthetic dataset (shape, num_classes, train_size, ...)")
+    augment: bool = _f(True, "standard training augmentation where the dataset has one")
+    image_size: Optional[int] = _f(None, "resize/crop size for imagefolder")
+    density: float = _f(0.1, "fraction of sparse weights kept, in (0, 1]")
+    distribution: Optional[str] = _f(None, "per-layer density distribution: uniform | erk | global "
+                                     "(empty: the method's default, erk for most, global for optg)")
+    structure: str = _f("unstructured", "sparsity structure: unstructured | nm | ...")
+    epochs: int = _f(10, "training epochs")
+    batch_size: int = _f(128, "global batch per optimizer step (split across ranks)")
+    eval_batch_size: int = _f(512, "batch size for evaluation")
+    lr: float = _f(0.1, "peak learning rate")
+    optimizer: str = _f("sgd", "optimizer: sgd | adamw")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(5e-4, "weight decay")
+    no_decay_norm_bias: bool = _f(False, "no weight decay on biases and normalisation parameters")
+    schedule: str = _f("cosine", "LR schedule: constant | cosine | step | warmup-cosine")
+    warmup_epochs: float = _f(0.0, "linear LR warm-up length in epochs (any schedule)")
+    lr_step_size: int = _f(30000, "step schedule: decay every this many optimizer steps")
+    lr_gamma: float = _f(0.1, "step schedule: LR multiplier at each decay")
+    label_smoothing: float = _f(0.0, "label smoothing in [0, 1)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    amp: bool = _f(False, "bfloat16 mixed precision (CUDA only)")
+    channels_last: bool = _f(False, "channels-last memory format for 4-D inputs")
+    deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
+    compile: bool = _f(False, "torch.compile the model")
+    seed: int = _f(0, "seed of model init, masks and data order")
+    out: str = _f("runs/run", "run directory")
+    log_every: int = _f(50, "log train metrics every this many optimizer steps")
+    eval_every: int = _f(1, "evaluate on the test set every this many epochs")
+    checkpoint_every: int = _f(1, "write checkpoint.pt every this many epochs (and at the end)")
+    num_workers: int = _f(0, "data-loader worker processes")
+    threads: Optional[int] = _f(None, "torch intra-op CPU threads (empty: torch's default); 1 suits "
+                                      "small models on a shared machine")
+    quiet: bool = _f(False, "no progress bar")
+    pretrained: Optional[str] = _f(None, "dense checkpoint to start from (regrow checkpoint or state_dict)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` to the type of field ``name`` (YAML/CLI strings, ints for floats)."""
+    f = FIELDS[name]
+    default = RunConfig().__getattribute__(name)
+    if name == "synthetic":
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"synthetic must be a mapping of option: value, got {value!r}")
+        return None if value is None else dict(value)
+    if name in ("method_options", "model_options"):
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping of option: value, got {value!r}")
+        return dict(value)
+    if value is None:
+        if f.default is None:
+            return None
+        raise ValueError(f"{name} must not be empty")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if isinstance(default, int) or name in ("image_size", "threads"):
+        if _is_int(value):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if isinstance(default, float):
+        if _is_num(value):
+            return float(value)
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, (str, Path)):
+        return str(value)
+    raise ValueError(f"{name} must be a string, got {value!r}")
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option: value")
+    return data
+
+
+def split_sections(data: Dict[str, Any], source: str = "config") -> tuple:
+    """Separate run fields from extra sections (``compare``), rejecting unknown keys."""
+    data = dict(data)
+    extra = {k: data.pop(k) for k in EXTRA_SECTIONS if k in data}
+    if "opt" in data:  # the YAML spelling of --opt
+        opts = data.pop("opt")
+        if not isinstance(opts, dict):
+            raise ValueError(f"{source}: opt must be a mapping of option: value")
+        data["method_options"] = {**opts, **dict(data.get("method_options") or {})}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown option(s) {unknown}; allowed: {sorted(FIELDS) + list(EXTRA_SECTIONS)}"
+        )
+    return data, extra
+
+
+def build(*layers: Dict[str, Any]) -> RunConfig:
+    """Merge dicts of field values in order (later wins; method_options merge key by key)."""
+    values: Dict[str, Any] = {}
+    options: Dict[str, Dict[str, Any]] = {"method_options": {}, "model_options": {}}
+    for layer in layers:
+        for k, v in layer.items():
+            if k not in FIELDS:
+                raise ValueError(f"unknown option {k!r}; allowed: {sorted(FIELDS)}")
+            if k in options:
+                options[k].update(coerce(k, v or {}))
+            else:
+                values[k] = coerce(k, v)
+    return RunConfig(**values, **options)
+
+
+def parse_opt(text: str) -> tuple:
+    """``key=value`` with a YAML-typed value (``--opt update_interval=50``)."""
+    if "=" not in text:
+        raise ValueError(f"--opt expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if not key:
+        raise ValueError(f"--opt expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _choice(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def method_fields(method: str) -> Dict[str, Any]:
+    from ..methods import METHODS
+
+    cls = METHODS.get(method)
+    return {f.name: f for f in dataclasses.fields(cls.Config)}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value before anything is built; raise ValueError/FileNotFoundError."""
+    from ..methods import METHODS
+    from . import data as data_mod
+    from . import models as models_mod
+
+    METHODS.get(cfg.method)  # unknown method -> "unknown method 'x'; allowed: ..."
+    allowed = method_fields(cfg.method)
+    for k in cfg.method_options:
+        if k in HARNESS_METHOD_KEYS:
+            raise ValueError(
+                f"method option {k!r} is set by the run itself; use the top-level option "
+                f"--{k.replace('_', '-')} instead of --opt {k}=..."
+            )
+        if k not in allowed:
+            options = sorted(set(allowed) - set(HARNESS_METHOD_KEYS))
+            raise ValueError(f"unknown option {k!r} for method '{cfg.method}'; allowed: {options}")
+    if not cfg.model.startswith("tv:"):
+        models_mod.MODELS.get(cfg.model)
+    data_mod.DATASETS.get(cfg.data)
+    if cfg.synthetic is not None and cfg.data != "synthetic":
+        raise ValueError(f"synthetic options only apply to data 'synthetic', not {cfg.data!r}")
+    from ..distributions import DISTRIBUTIONS
+    if cfg.distribution is not None:
+        _choice("distribution", cfg.distribution, DISTRIBUTIONS)
+    if not (0 < cfg.density <= 1):
+        raise ValueError(f"density must be in (0, 1], got {cfg.density}")
+    for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "log_every",
+                 "eval_every", "checkpoint_every", "lr_step_size"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.threads is not None and cfg.threads <= 0:
+        raise ValueError(f"threads must be a positive integer, got {cfg.threads}")
+    if cfg.image_size is not None and cfg.image_size <= 0:
+        raise ValueError(f"image_size must be a positive integer, got {cfg.image_size}")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    for name in ("momentum", "weight_decay", "warmup_epochs"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 < cfg.lr_gamma <= 1:
+        raise ValueError(f"lr_gamma must be in (0, 1], got {cfg.lr_gamma}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise ValueError(f"warmup_epochs ({cfg.warmup_epochs}) must be less than epochs ({cfg.epochs})")
+    if cfg.schedule == "warmup-cosine" and cfg.warmup_epochs <= 0:
+        raise ValueError("schedule warmup-cosine needs warmup_epochs > 0")
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _choice("schedule", cfg.schedule, SCHEDULES)
+    if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, cuda:N; got {cfg.device!r}")
+    if cfg.pretrained is not None and not Path(cfg.pretrained).is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {cfg.pretrained} does not exist")
+    if cfg.data_root is not None and not Path(cfg.data_root).exists():
+        raise FileNotFoundError(f"data_root {cfg.data_root} does not exist")
+    return cfg
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def from_dict(d: Dict[str, Any]) -> RunConfig:
+    return build(d)

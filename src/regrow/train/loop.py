@@ -1,0 +1,521 @@
+"""The training loop behind ``regrow train`` / ``regrow resume`` (and ``torchrun -m regrow``).
+
+One optimizer step = ``grad_accum`` micro-batches forward/backward, then
+``method.step()`` (masked optimizer step + structure updates), then
+``optimizer.zero_grad(set_to_none=True)``, then the LR scheduler step. The run
+directory gets ``config.yaml``, ``metrics.jsonl``, ``summary.json``,
+``checkpoint.pt`` and ``plots/`` (see :mod:`regrow.report`).
+
+Exact resume: every source of randomness is either restored from the checkpoint
+(torch/numpy/python RNGs, the method's generator) or a pure function of
+(seed, epoch) (data order, data-loader worker seeds), and the steps of a partly
+finished epoch are skipped at the sampler, so on CPU in deterministic mode a
+resumed run ends with the same weights, masks and metrics as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..methods import METHODS
+from ..methods.base import resolve_config
+from . import checkpoint as ckpt
+from . import distributed as dist_utils
+from .config import RunConfig, dump, validate
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+
+
+class NonFiniteLoss(ValueError):
+    """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int,
+              step_size: int, gamma: float) -> float:
+    """LR multiplier for optimizer step ``step`` (0-based), a pure function of the step.
+
+    * linear warm-up (Goyal et al. 2017, "Accurate, Large Minibatch SGD", §2.2):
+      η_t = η·(t + 1)/W for t < W;
+    * ``cosine`` / ``warmup-cosine`` (Loshchilov & Hutter 2017, SGDR, Eq. 5 without
+      restarts): η_t = η/2·(1 + cos(π·(t − W)/(T − W)));
+    * ``step``: η_t = η·γ^⌊t / step_size⌋ (IEE appendix §5.3: ×0.2 every 30000 iterations);
+    * ``constant``: η_t = η.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule in ("cosine", "warmup-cosine"):
+        span = max(1, total_steps - warmup_steps)
+        t = min(1.0, (step - warmup_steps) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "step":
+        return gamma ** (step // step_size)
+    return 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool, device: torch.device) -> None:
+    if on:
+        import os
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> List[Dict[str, Any]]:
+    """One group, or two when biases and normalisation parameters (ndim ≤ 1) skip decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": rest, "weight_decay": 0.0}) if g["params"]]
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def method_options(cfg: RunConfig, total_steps: int, steps_per_epoch: int = 1,
+                   input_shape: Optional[tuple] = None) -> Dict[str, Any]:
+    """The method's keyword arguments: its own options plus what the run decides."""
+    opts = dict(cfg.method_options)
+    opts.update(structure=cfg.structure, total_steps=total_steps, seed=cfg.seed)
+    if cfg.distribution is not None:
+        opts["distribution"] = cfg.distribution
+    opts.setdefault("epoch_steps", steps_per_epoch)  # epoch-based methods (OptG)
+    if input_shape is not None:  # channel methods trace the model on one sample
+        opts.setdefault("input_shape", tuple(input_shape))
+    # N:M fixes its own density n/m; any other density would be an error there
+    opts["density"] = None if cfg.structure == "nm" else cfg.density
+    fields = {f.name for f in dataclasses.fields(METHODS.get(cfg.method).Config)}
+    return {k: v for k, v in opts.items() if k in fields}
+
+
+def check_method_config(cfg: RunConfig) -> None:
+    """Run the method's own config validation before any data or model is built."""
+    cls = METHODS.get(cfg.method)
+    if "input_shape" in {f.name for f in dataclasses.fields(cls.Config)} and "input_shape" not in cfg.method_options:
+        return  # needs the dataset's sample shape: checked when the method is built
+    probe = cls.__new__(cls)
+    probe.config = resolve_config(cls.Config, None, method_options(cfg, total_steps=1))
+    try:
+        probe.validate_config()
+    except (AttributeError, KeyError):
+        # a check that needs the built method: it runs again when the method is built
+        return
+
+
+def loss_fn_for(label_smoothing: float) -> Callable[[nn.Module, Any], torch.Tensor]:
+    def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        dev = next(model.parameters()).device
+        return F.cross_entropy(model(x.to(dev)), y.to(dev), label_smoothing=label_smoothing)
+    return loss_fn
+
+
+class TensorBatches:
+    """In-memory datasets: index the tensors once per batch instead of collating
+    ``batch_size`` items (the DataLoader's per-item path costs more than an MLP step)."""
+
+    def __init__(self, dataset: torch.utils.data.TensorDataset, sampler):
+        self.tensors, self.sampler = dataset.tensors, sampler
+
+    def __iter__(self):
+        x, y = self.tensors
+        for idx in self.sampler.index_batches():
+            yield x[idx], y[idx]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _Writer:
+    """metrics.jsonl on rank 0; keeps the line count for exact resume."""
+
+    def __init__(self, path: Path, enabled: bool, lines: int):
+        self.path, self.enabled, self.lines = path, enabled, lines
+        if enabled:
+            if path.exists():
+                kept = path.read_text().splitlines(keepends=True)[:lines]
+                path.write_text("".join(kept))
+            self.f = open(path, "a")
+
+    def write(self, record: Dict[str, Any]) -> None:
+        self.lines += 1
+        if self.enabled:
+            self.f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.f.close()
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
+    if k == 1:
+        return int((logits.argmax(dim=1) == y).sum())
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return int((top == y.unsqueeze(1)).any(dim=1).sum())
+
+
+def evaluate(model: nn.Module, loader, ctx: dist_utils.Context, *, amp: bool, channels_last: bool,
+             num_classes: int) -> Dict[str, float]:
+    model.eval()
+    totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1, top-5, count
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            if channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(amp, ctx.device):
+                logits = model(x)
+            logits = logits.float()
+            totals[0] += float(F.cross_entropy(logits, y, reduction="sum"))
+            totals[1] += _accuracy(logits, y, 1)
+            totals[2] += _accuracy(logits, y, 5)
+            totals[3] += y.numel()
+    loss, top1, top5, n = dist_utils.all_sum(ctx, totals)
+    model.train()
+    out = {"test_loss": loss / max(n, 1), "test_acc": top1 / max(n, 1)}
+    if num_classes >= 10:
+        out["test_top5"] = top5 / max(n, 1)
+    return out
+
+
+def _autocast(amp: bool, device: torch.device):
+    if amp:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _ledger_class():
+    if importlib.util.find_spec("regrow.cost") is None:
+        return None
+    from .. import cost
+    return getattr(cost, "FlopsLedger", None)
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to start over an existing run unless asked (every rank checks, so all stop)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"run directory {out} exists and is not a directory")
+    if out.exists() and not overwrite:
+        taken = [n for n in (CHECKPOINT, SUMMARY, METRICS) if (out / n).exists()]
+        if taken:
+            raise ValueError(
+                f"run directory {out} already holds {', '.join(taken)}; continue it with "
+                f"'regrow resume {out}', or pass --overwrite to start over"
+            )
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    check_out(out, overwrite)
+    if overwrite:
+        for n in (CHECKPOINT, SUMMARY, METRICS):
+            (out / n).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+          stop_after_steps: Optional[int] = None, report: bool = True) -> Dict[str, Any]:
+    """Run (or, with ``resume``, continue) the training run ``cfg``; return the summary.
+
+    ``stop_after_steps`` writes a checkpoint after that many optimizer steps and
+    returns early (an interruption on purpose, used to test ``regrow resume``).
+    """
+    validate(cfg)
+    check_method_config(cfg)
+    from .data import load_dataset
+    from .models import build_model
+
+    out = Path(cfg.out)
+    ctx = dist_utils.setup(cfg.device)
+    try:
+        if cfg.amp and ctx.device.type != "cuda":
+            raise ValueError(f"amp (bfloat16 autocast) needs a CUDA device; this run is on {ctx.device}")
+        state = None
+        if resume:
+            state = ckpt.load(out / CHECKPOINT)
+        else:
+            check_out(out, overwrite)
+            dist_utils.barrier(ctx)  # every rank has looked before rank 0 writes anything
+            if ctx.is_main:
+                prepare_out(out, overwrite)
+        return _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model)
+    finally:
+        dist_utils.teardown(ctx)
+
+
+def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model):
+    t0 = time.perf_counter()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    set_deterministic(cfg.deterministic, ctx.device)
+    seed_everything(cfg.seed)
+    bundle = load_dataset(cfg.data, cfg.data_root, seed=cfg.seed, augment=cfg.augment,
+                          image_size=cfg.image_size, synthetic=cfg.synthetic)
+    try:
+        model = build_model(cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options)
+    except TypeError as e:
+        raise ValueError(f"model_options {cfg.model_options} do not fit model '{cfg.model}': {e}") from None
+    if cfg.pretrained and state is None:
+        weights = ckpt.load_model_weights(cfg.pretrained)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ValueError(f"pretrained checkpoint {cfg.pretrained} does not fit model "
+                             f"{cfg.model}: {str(e).splitlines()[0]}") from None
+    model.to(ctx.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+
+    sampler = dist_utils.GlobalBatchSampler(
+        len(bundle.train), cfg.batch_size, seed=cfg.seed, rank=ctx.rank,
+        world_size=ctx.world_size, grad_accum=cfg.grad_accum)
+    spe = sampler.steps_per_epoch
+    total_steps = cfg.epochs * spe
+    method = METHODS.get(cfg.method)(model, optimizer, **method_options(cfg, total_steps, spe, bundle.input_shape))
+    warmup = int(round(cfg.warmup_epochs * spe))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
+        step_size=cfg.lr_step_size, gamma=cfg.lr_gamma))
+
+    pin = ctx.device.type == "cuda"
+    loader_gen = torch.Generator()
+
+    def make_loader(batch_sampler):
+        if (isinstance(bundle.train, torch.utils.data.TensorDataset) and len(bundle.train.tensors) == 2
+                and cfg.num_workers == 0):
+            return TensorBatches(bundle.train, batch_sampler)
+        # an explicit generator: creating the iterator must not draw from the global RNG
+        return torch.utils.data.DataLoader(
+            bundle.train, batch_sampler=batch_sampler, num_workers=cfg.num_workers, pin_memory=pin,
+            generator=loader_gen, persistent_workers=False)
+
+    train_loader = make_loader(sampler)
+    test_idx = list(range(ctx.rank, len(bundle.test), ctx.world_size))
+    test_loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(bundle.test, test_idx), batch_size=cfg.eval_batch_size,
+        shuffle=False, num_workers=cfg.num_workers, pin_memory=pin, generator=torch.Generator())
+
+    Ledger = _ledger_class()
+    ledger = Ledger(model, method, bundle.input_shape) if Ledger is not None else None
+    loss_fn = loss_fn_for(cfg.label_smoothing)
+
+    loop = {"step": 0, "epoch": 0, "epoch_step": 0, "metrics_lines": 0, "wall": 0.0,
+            "window": [0.0, 0.0], "epoch_stats": [0.0, 0.0], "last_eval": {},
+            "train_wall": 0.0, "train_cpu": 0.0}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        method.pop_metrics()  # records of the fresh construction the checkpoint replaces
+        method.load_state_dict(state["method"])
+        if ledger is not None and state.get("ledger") is not None:
+            ledger.load_state_dict(state["ledger"])
+        loop.update(state["loop"])
+        ckpt.set_rng_state(state["rng"])
+    else:
+        if method.needs_data:
+            # world size 1: every rank scores the same global batches, so masks agree
+            calib = dist_utils.GlobalBatchSampler(len(bundle.train), cfg.batch_size, seed=cfg.seed)
+            calib.set_epoch(-1)
+            loader_gen.manual_seed(cfg.seed)
+            batches = ((x.to(ctx.device), y.to(ctx.device)) for x, y in make_loader(calib))
+            method.calibrate(batches, loss_fn)
+        if ctx.is_main:
+            (out / CONFIG).write_text(dump(cfg))
+
+    net: nn.Module = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    fnet = torch.compile(net) if cfg.compile else net
+
+    writer = _Writer(out / METRICS, ctx.is_main, loop["metrics_lines"])
+    step = loop["step"]
+    stopped_early = False
+
+    def save_checkpoint() -> None:
+        if not ctx.is_main:
+            return
+        loop["wall"] = loop["wall_base"] + time.perf_counter() - t0
+        ckpt.save(out / CHECKPOINT, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": sched.state_dict(), "method": method.state_dict(),
+            "ledger": ledger.state_dict() if ledger is not None else None,
+            "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
+            "config": cfg.to_dict(), "regrow_version": __version__,
+        })
+
+    loop["wall_base"] = loop["wall"]
+    bar = None
+    try:
+        from tqdm import tqdm
+        show = ctx.is_main and not cfg.quiet
+        bar = tqdm(total=total_steps, initial=step, disable=not show, dynamic_ncols=True,
+                   desc=f"{cfg.method} d={cfg.density:g}", leave=False)
+        model.train()
+        for epoch in range(loop["epoch"], cfg.epochs):
+            skip = loop["epoch_step"] if epoch == loop["epoch"] else 0
+            sampler.set_epoch(epoch, skip_steps=skip)
+            loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+            window = loop["window"]
+            micro = 0
+            step_loss, step_seen = 0.0, 0
+            # time spent in training steps only (no evaluation/checkpoints): throughput
+            w0, c0 = time.perf_counter(), time.process_time()
+            for x, y in train_loader:
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                if cfg.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                micro += 1
+                last_micro = micro % cfg.grad_accum == 0
+                sync = contextlib.nullcontext()
+                if ctx.distributed and not last_micro:
+                    sync = net.no_sync()
+                with sync:
+                    with _autocast(cfg.amp, ctx.device):
+                        logits = fnet(x)
+                        loss = F.cross_entropy(logits.float() if cfg.amp else logits, y,
+                                               label_smoothing=cfg.label_smoothing)
+                    # the mean over micro-batches (no extra autograd node without accumulation)
+                    (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
+                lv = loss.item()
+                step_loss += lv * y.numel()
+                step_seen += y.numel()
+                if not last_micro:
+                    continue
+                bad = not math.isfinite(step_loss)
+                if dist_utils.broadcast_flag(ctx, bad):
+                    last = out / CHECKPOINT
+                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                    raise NonFiniteLoss(
+                        f"loss became non-finite ({step_loss / step_seen}) at step {step + 1} "
+                        f"(epoch {epoch + 1}); stopping, {kept}")
+                lr = optimizer.param_groups[0]["lr"]
+                method.step()
+                optimizer.zero_grad(set_to_none=True)
+                sched.step()
+                step += 1
+                if ledger is not None:
+                    ledger.record_step(cfg.batch_size)
+                loop["epoch_step"] += 1
+                window[0] += step_loss
+                window[1] += step_seen
+                es = loop["epoch_stats"]
+                es[0] += step_loss
+                es[1] += step_seen
+                step_loss, step_seen = 0.0, 0
+                records = method.pop_metrics()
+                log_now = step % cfg.log_every == 0
+                if ctx.distributed and (records or log_now):
+                    dist_utils.check_masks(ctx, method.checksum(), step)
+                ep = epoch + loop["epoch_step"] / spe
+                for r in records:
+                    writer.write({"event": "method", "epoch": ep, **r, "step": r.get("step", step)})
+                if log_now:
+                    # accuracy of the logged step's (last micro-)batch only: a per-step
+                    # accuracy costs more than the whole rest of the loop on small models
+                    correct = _accuracy(logits.detach(), y, 1)
+                    loss_sum, seen, correct, n = dist_utils.all_sum(ctx, window + [correct, y.numel()])
+                    rec = {"event": "train", "step": step, "epoch": ep, "loss": loss_sum / seen,
+                           "batch_acc": correct / n, "lr": lr, "density": method.density()}
+                    writer.write(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['batch_acc']:.3f}", refresh=False)
+                    loop["window"] = window = [0.0, 0.0]
+                bar.update(1)
+                loop["step"] = step
+                loop["metrics_lines"] = writer.lines
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    stopped_early = True
+                    break
+            loop["train_wall"] += time.perf_counter() - w0
+            loop["train_cpu"] += time.process_time() - c0
+            if stopped_early:
+                save_checkpoint()
+                break
+            # end of epoch
+            loss_sum, seen = dist_utils.all_sum(ctx, loop["epoch_stats"])
+            rec = {"event": "epoch", "step": step, "epoch": epoch + 1, "train_loss": loss_sum / seen,
+                   "lr": optimizer.param_groups[0]["lr"],
+                   "density": method.density()}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                # the bare model: DDP's forward would sync buffers over uneven eval shards
+                ev = evaluate(model, test_loader, ctx, amp=cfg.amp, channels_last=cfg.channels_last,
+                              num_classes=bundle.num_classes)
+                rec.update(ev)
+                loop["last_eval"] = ev
+            if ctx.distributed:
+                dist_utils.check_masks(ctx, method.checksum(), step)
+            writer.write(rec)
+            loop.update(epoch=epoch + 1, epoch_step=0, epoch_stats=[0.0, 0.0],
+                        metrics_lines=writer.lines, last_train={"train_loss": rec["train_loss"]})
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                save_checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+
+    checksums = dist_utils.check_masks(ctx, method.checksum(), step)
+    if stopped_early:
+        if ctx.is_main and not cfg.quiet:
+            print(f"stopped after {step} steps; continue with: regrow resume {out}")
+        return {"stopped_at_step": step}
+    summary = {
+        "method": cfg.method, "model": cfg.model, "data": cfg.data,
+        "target_density": float(method.config.density), "final_density": method.density(),
+        "distribution": method.config.distribution, "structure": method.config.structure,
+        "per_layer_density": method.layer_densities(),
+        "test_top1": loop["last_eval"].get("test_acc"), "test_loss": loop["last_eval"].get("test_loss"),
+        **({"test_top5": loop["last_eval"]["test_top5"]} if "test_top5" in loop["last_eval"] else {}),
+        **loop.get("last_train", {}),
+        "steps": step, "epochs": cfg.epochs, "steps_per_epoch": spe, "total_steps": total_steps,
+        "batch_size": cfg.batch_size, "world_size": ctx.world_size, "device": str(ctx.device),
+        "wall_seconds": loop["wall_base"] + time.perf_counter() - t0, "seed": cfg.seed,
+        "train_step_seconds": loop["train_wall"], "train_step_cpu_seconds": loop["train_cpu"],
+        "steps_per_second": step / loop["train_wall"] if loop["train_wall"] > 0 else None,
+        "mask_checksums": checksums, "regrow_version": __version__, "torch_version": torch.__version__,
+    }
+    if ledger is not None:
+        summary["train_flops_relative"] = float(ledger.relative)
+        summary["inference_flops"] = float(ledger.inference_flops())
+        summary["dense_inference_flops"] = float(ledger.dense_inference_flops())
+    if ctx.is_main:
+        (out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if report:
+            from ..report import render_run
+            render_run(out)
+    return summary

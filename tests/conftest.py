@@ -1,0 +1,64 @@
+"""Shared tiny models and data for the test suite (keep additions small)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """Two convs (one with BatchNorm) and two Linears; every input dim divisible by 4 (2:4 N:M)."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.fc1 = nn.Linear(8 * 4 * 4, 16)
+        self.fc2 = nn.Linear(16, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, d_in: int = 16, hidden: int = 32, classes: int = 4):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def tiny_batch(step: int, batch: int = 8, shape=(4, 4, 4), classes: int = 4, offset: int = 0):
+    """A deterministic batch for ``step`` (``offset`` gives other ranks other data)."""
+    g = torch.Generator().manual_seed(1000 * offset + step)
+    x = torch.randn((batch, *shape), generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    return x, y
+
+
+def tiny_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+@pytest.fixture
+def tiny_net():
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+@pytest.fixture
+def tiny_mlp():
+    torch.manual_seed(0)
+    return TinyMLP()
+
+
+# One intra-op thread: the models here are tiny, and on a shared 2-core machine a
+# second spinning worker thread only slows every test down.
+torch.set_num_threads(1)

@@ -1,0 +1,493 @@
+"""IEE (methods/iee.py): Algorithm 1's stage boundaries, the freeze of Θ_K across
+Reactivate & Explore, grown-weight initialisation, exact density / N:M after every
+full step, the ablation switches, the prune/grow metrics, and bit-exact resume in
+the middle of every stage."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import regrow
+from regrow import metrics
+from regrow.methods.iee import iee_cycles, iee_events, iee_stage
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 8)
+        self.fc3 = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def batch(step):
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(16, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+
+
+def make(opt="sgd", seed=0, **cfg):
+    torch.manual_seed(seed)
+    model = MLP()
+    if opt == "sgd":
+        o = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    else:
+        o = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+    base = dict(density=0.3, distribution="uniform", H=2, J=3, Q=2, total_steps=40, seed=1)
+    base.update(cfg)
+    return model, o, regrow.create("iee", model, o, **base)
+
+
+def train(model, opt, method, steps, start=1, each=None):
+    for s in range(start, start + steps):
+        opt.zero_grad()
+        x, y = batch(s)
+        nn.functional.cross_entropy(model(x), y).backward()
+        method.step()
+        if each is not None:
+            each(s)
+
+
+# ---- Algorithm 1's iterations --------------------------------------------------------
+def test_events_follow_algorithm_1_at_paper_defaults():
+    H = J = Q = 100
+    cycles = iee_cycles(1000, 0.75, H, J, Q)   # T_end = 750 -> 2 IEE steps
+    assert cycles == 2
+    events = {i: iee_events(i, H, J, Q, cycles) for i in range(1, 1001)}
+    assert {i: e for i, e in events.items() if e} == {
+        100: ("prune",), 200: ("reactivate",), 300: ("grow",),
+        400: ("prune",), 500: ("reactivate",), 600: ("grow",),
+    }
+    # the loop condition of Algorithm 1, literally: (i+J+Q) mod ΔT, (i+Q) mod ΔT, i mod ΔT
+    for i in range(1, 601):
+        assert ("prune" in events[i]) == ((i + J + Q) % 300 == 0)
+        assert ("reactivate" in events[i]) == ((i + Q) % 300 == 0)
+        assert ("grow" in events[i]) == (i % 300 == 0)
+    stages = [iee_stage(i, H, J, Q, cycles) for i in range(1, 1001)]
+    assert stages[:99] == ["estimate"] * 99              # i = 1..99 (i counts from 1)
+    assert stages[99:199] == ["improve"] * 100            # i = 100..199, after the prune
+    assert stages[199:299] == ["explore"] * 100           # i = 200..299
+    assert stages[299:399] == ["estimate"] * 100          # i = 300 trains after the grow
+    assert stages[599:] == ["train"] * 401                # after the last IEE step
+
+
+@settings(max_examples=60, deadline=None)
+@given(H=st.integers(1, 6), J=st.integers(0, 6), Q=st.integers(1, 6), cycles=st.integers(0, 4))
+def test_stages_are_what_the_events_leave_behind(H, J, Q, cycles):
+    phase, seen = "exploit", {"estimate": 0, "improve": 0, "explore": 0, "train": 0}
+    expect = {"exploit": ("estimate", "train"), "reduced": ("improve",), "explore": ("explore",)}
+    for i in range(1, (H + J + Q) * (cycles + 1) + 3):
+        for e in iee_events(i, H, J, Q, cycles):
+            phase = {"prune": "reduced", "reactivate": "explore", "grow": "exploit"}[e]
+        stage = iee_stage(i, H, J, Q, cycles)
+        assert stage in expect[phase], (i, phase, stage)
+        seen[stage] += 1
+    assert seen["improve"] == cycles * J and seen["explore"] == cycles * Q
+    assert seen["estimate"] == max(0, cycles * H - 1)   # the first stage starts at i = 1
+
+
+def test_j_zero_prunes_and_reactivates_together():
+    cycles = iee_cycles(100, 0.75, 3, 0, 2)
+    assert iee_events(3, 3, 0, 2, cycles) == ("prune", "reactivate")
+    assert all(iee_stage(i, 3, 0, 2, cycles) != "improve" for i in range(1, 101))
+
+
+def test_stage_boundaries_in_training():
+    model, opt, m = make(H=2, J=3, Q=2, total_steps=20)   # ΔT = 7, T_end = 15 -> 2 steps
+    assert m.cycles == 2
+    seen = []
+    train(model, opt, m, 20, each=lambda s: seen.append((s, m.phase, [r["event"] for r in m.pop_metrics()])))
+    # an event logged after optimizer step s happens at the start of iteration s + 1
+    events = {s: e for s, _, e in seen if e}
+    assert events == {1: ["prune"], 6: ["grow"], 8: ["prune"], 13: ["grow"]}
+    phases = {s: ph for s, ph, _ in seen}
+    assert [phases[s] for s in (1, 2, 3, 4, 5, 6, 7)] == [
+        "reduced", "reduced", "reduced", "explore", "explore", "exploit", "exploit"]
+    assert all(phases[s] == "exploit" for s in range(13, 21))
+
+
+# ---- Reactivate & Explore ------------------------------------------------------------
+def _capture(method, optimizer):
+    return {n: (p.detach().clone(), {k: v.clone() if torch.is_tensor(v) else v
+                                     for k, v in optimizer.state[p].items()})
+            for n, p in method.params.items()}
+
+
+@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
+def test_freeze_keeps_theta_k_and_its_optimizer_state_bit_identical(opt_kind):
+    model, opt, m = make(opt_kind, H=2, J=2, Q=3, total_steps=28)
+    train(model, opt, m, 3)                       # reactivated at the start of iteration 4
+    assert m.phase == "explore"
+    start = _capture(m, opt)
+    kept = {n: k.clone() for n, k in m.state.masks.items()}
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if n not in m.params}
+    other_state = {n: copy.deepcopy(opt.state[p]) for n, p in model.named_parameters() if n not in m.params}
+
+    def during(s):
+        if m.phase == "explore":
+            for n, p in m.params.items():
+                assert torch.equal(p.detach()[kept[n]], start[n][0][kept[n]])
+    train(model, opt, m, 3, start=4, each=during)   # iterations 4..6 explore, grow at 7
+    assert m.phase == "exploit" and [r["event"] for r in m.pop_metrics()][-1] == "grow"
+    moved = False
+    for n, p in m.params.items():
+        k = kept[n]
+        assert torch.equal(p.detach()[k], start[n][0][k])
+        for key, v in opt.state[p].items():
+            s = start[n][1][key]
+            if v.shape == p.shape:
+                assert torch.equal(v[k], s[k]), (n, key)
+            else:
+                assert torch.equal(v, s), (n, key)     # Adam's step
+        moved |= not torch.equal(p.detach()[~k], start[n][0][~k])
+    assert moved, "Θ_P did not train during Reactivate & Explore"
+    for n, p in model.named_parameters():
+        if n not in m.params:
+            assert torch.equal(p.detach(), others[n])
+            for key, v in opt.state[p].items():
+                assert torch.equal(v, other_state[n][key])
+    assert not any(k.startswith("iee.snap") for k in m.state.buffers)   # snapshot freed
+
+
+def test_without_freeze_theta_k_trains_during_explore():
+    model, opt, m = make(H=2, J=2, Q=3, total_steps=28, freeze=False)
+    train(model, opt, m, 3)
+    kept = {n: k.clone() for n, k in m.state.masks.items()}
+    before = {n: p.detach().clone() for n, p in m.params.items()}
+    train(model, opt, m, 3, start=4)
+    assert any(not torch.equal(p.detach()[kept[n]], before[n][kept[n]]) for n, p in m.params.items())
+
+
+def test_reactivate_restores_dormant_values():
+    model, opt, m = make(H=2, J=2, Q=3, total_steps=28)
+    train(model, opt, m, 1)                        # pruned at the start of iteration 2
+    pruned = {n: p.detach().clone() for n, p in m.params.items()}
+    train(model, opt, m, 2, start=2)               # reactivated at the start of iteration 4
+    for n, p in m.params.items():
+        inactive = ~m.state.masks[n]
+        assert torch.equal(p.detach()[inactive], m.state.dormant[n][inactive])
+        assert torch.count_nonzero(p.detach()[inactive]) > 0
+        assert torch.all(pruned[n][inactive] == 0)
+
+
+@pytest.mark.parametrize("grow_init", ["dormant", "zero"])
+def test_grown_weights_start_at_explored_value_or_zero(grow_init):
+    model, opt, m = make(H=2, J=2, Q=3, total_steps=28, grow_init=grow_init)
+    seen = {}
+    orig = m._grow
+
+    def spy(i):
+        seen["values"] = {n: p.detach().clone() for n, p in m.params.items()}
+        seen["kept"] = dict(m.state.masks)
+        orig(i)
+    m._grow = spy
+    train(model, opt, m, 6)                        # grow at the start of iteration 7
+    assert "values" in seen
+    n_grown = 0
+    for n, p in m.params.items():
+        grown = m.state.masks[n] & ~seen["kept"][n]
+        explored = seen["values"][n]
+        n_grown += int(grown.sum())
+        expect = explored[grown] if grow_init == "dormant" else torch.zeros_like(explored[grown])
+        assert torch.equal(p.detach()[grown], expect)
+        gone = ~m.state.masks[n]
+        assert torch.all(p.detach()[gone] == 0)
+        assert torch.equal(m.state.dormant[n][gone], explored[gone])   # dormant at explored values
+        for v in opt.state[p].values():
+            if v.shape == p.shape:
+                assert torch.all(v[grown] == 0) and torch.all(v[gone] == 0)
+    assert n_grown > 0
+
+
+# ---- exact counts -------------------------------------------------------------------
+@pytest.mark.parametrize("structure,distribution,density", [
+    ("unstructured", "erk", 0.2), ("unstructured", "global", 0.2), ("nm", "uniform", None)])
+def test_exact_density_and_n_per_block_after_every_full_step(structure, distribution, density):
+    model, opt, m = make(structure=structure, distribution=distribution, density=density,
+                         H=2, J=1, Q=2, total_steps=30)
+    total = sum(m.state.targets.values())
+
+    def check(s):
+        counts = m.expected_counts()
+        live = m.live_masks()
+        for n, p in m.params.items():
+            assert int(m.state.masks[n].sum()) == counts[n]
+            assert torch.all(p.detach()[~live[n]] == 0)
+            if structure == "nm":
+                blocks = m.state.masks[n].movedim(1, -1).reshape(-1, 4).sum(1)
+                assert torch.all(blocks == 2) if m.phase == "exploit" else torch.all(blocks <= 2)
+        if m.phase == "exploit":
+            assert sum(int(k.sum()) for k in m.state.masks.values()) == total
+            if distribution != "global":
+                assert counts == m.state.targets
+        else:
+            assert sum(counts.values()) == total - sum(m.state.counters["iee.omega"].values())
+    train(model, opt, m, 30, each=check)
+
+
+# ---- ablation switches ----------------------------------------------------------------
+def _run_to_first_grow(**cfg):
+    model, opt, m = make(H=2, J=2, Q=3, total_steps=28, **cfg)
+    snaps = {}
+    orig = m._grow
+
+    def spy(i):
+        snaps["pre"] = {n: p.detach().clone() for n, p in m.params.items()}
+        snaps["kept"] = dict(m.state.masks)
+        orig(i)
+        snaps["post"] = {n: p.detach().clone() for n, p in m.params.items()}
+        snaps["masks"] = dict(m.state.masks)
+    m._grow = spy
+    train(model, opt, m, 6)
+    return snaps
+
+
+def test_grow_by_random_changes_only_which_weights_grow():
+    a, b = _run_to_first_grow(), _run_to_first_grow(grow_by="random")
+    for n in a["pre"]:
+        assert torch.equal(a["pre"][n], b["pre"][n]) and torch.equal(a["kept"][n], b["kept"][n])
+        assert int(a["masks"][n].sum()) == int(b["masks"][n].sum())
+    assert any(not torch.equal(a["masks"][n], b["masks"][n]) for n in a["masks"])
+
+
+def test_grow_init_changes_only_grown_values():
+    a, b = _run_to_first_grow(), _run_to_first_grow(grow_init="zero")
+    for n in a["pre"]:
+        assert torch.equal(a["masks"][n], b["masks"][n])
+        grown = a["masks"][n] & ~a["kept"][n]
+        assert torch.equal(a["post"][n][~grown], b["post"][n][~grown])
+        assert torch.all(b["post"][n][grown] == 0)
+
+
+def test_freeze_off_changes_nothing_before_explore():
+    a, b = _run_to_first_grow(), _run_to_first_grow(freeze=False)
+    # identical until Reactivate & Explore; then Θ_K differs
+    assert any(not torch.equal(a["pre"][n][a["kept"][n]], b["pre"][n][b["kept"][n]]) for n in a["pre"])
+    model_a, opt_a, ma = make(H=2, J=2, Q=3, total_steps=28)
+    model_b, opt_b, mb = make(H=2, J=2, Q=3, total_steps=28, freeze=False)
+    train(model_a, opt_a, ma, 3)
+    train(model_b, opt_b, mb, 3)
+    for n in ma.params:
+        assert torch.equal(ma.params[n], mb.params[n])
+
+
+def test_j_zero_skips_accuracy_improvement():
+    model, opt, m = make(H=2, J=0, Q=2, total_steps=16)
+    phases = []
+    train(model, opt, m, 16, each=lambda s: phases.append(m.phase))
+    assert "reduced" not in phases and "explore" in phases
+    events = [r["event"] for r in m.pop_metrics()]
+    assert events == ["prune", "grow"] * m.cycles
+
+
+def test_taylor_criterion_sums_scores_over_the_stage():
+    model, opt, m = make(H=3, J=1, Q=2, total_steps=24, criterion="taylor")
+    acc = {n: torch.zeros_like(p) for n, p in m.params.items()}
+    seen = {}
+    orig_before = m.before_step
+
+    def before(step):
+        if m.stage(step) == "estimate":
+            for n, p in m.params.items():
+                acc[n] += (p.grad * p.detach()).abs()
+        orig_before(step)
+    m.before_step = before
+    orig = m._prune
+
+    def spy(i):
+        seen["scores"] = {n: t.clone() for n, t in m.state.buffers["iee.score"].items()}
+        orig(i)
+    m._prune = spy
+    train(model, opt, m, 2)                        # iterations 1, 2 estimate; prune at 3
+    for n in acc:
+        assert torch.allclose(seen["scores"][n], acc[n])
+        assert torch.all(m.state.buffers["iee.score"][n] == 0)
+
+
+# ---- configuration ------------------------------------------------------------------------
+def test_bad_config_is_named():
+    with pytest.raises(ValueError, match="grow_init"):
+        make(grow_init="mru")
+    with pytest.raises(ValueError, match="H must be"):
+        make(H=0)
+    with pytest.raises(ValueError, match="no IEE step fits"):
+        make(H=100, J=100, Q=100, total_steps=100)
+    with pytest.raises(ValueError, match="unknown criterion"):
+        make(criterion="hessian")
+    _, _, m = make(update_interval=4, H=2, J=3, Q=2)
+    assert m.config.update_interval == 7
+
+
+def test_init_criterion_keeps_the_largest_weights():
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m = regrow.create("iee", model, opt, density=0.25, distribution="uniform", init="criterion",
+                      H=2, J=2, Q=2, total_steps=20)
+    for n, p in m.params.items():
+        d = m.state.dormant[n].abs()           # the weights at construction
+        k = m.state.targets[n]
+        assert torch.equal(m.state.masks[n].flatten().nonzero().squeeze(1).sort().values,
+                           d.flatten().topk(k).indices.sort().values)
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+def _masks(*rows):
+    return {"w": torch.tensor(rows, dtype=torch.bool)}
+
+
+def test_prune_and_grow_records_on_hand_made_masks():
+    st = regrow.SparseState(masks=_masks([1, 1, 0, 0, 0, 0]), targets={"w": 2})
+    metrics.start_tracking(st)
+    # update 1: prune index 1, grow index 2
+    r = metrics.record_prune(st, _masks([1, 1, 0, 0, 0, 0]), _masks([1, 0, 0, 0, 0, 0]))
+    assert r == {"n_pruned": 1}
+    r = metrics.record_grow(st, _masks([1, 1, 0, 0, 0, 0]), _masks([1, 0, 0, 0, 0, 0]), _masks([1, 0, 1, 0, 0, 0]))
+    assert r == {"exploration_degree": 3 / 6, "iou_grow": 1 / 3, "n_grown": 1}
+    # update 2: prune index 0 (the grown index 2 survives), grow index 4
+    r = metrics.record_prune(st, _masks([1, 0, 1, 0, 0, 0]), _masks([0, 0, 1, 0, 0, 0]))
+    assert r == {"iou_prune": 0.0, "survival_rate": 1.0, "n_pruned": 1}
+    r = metrics.record_grow(st, _masks([1, 0, 1, 0, 0, 0]), _masks([0, 0, 1, 0, 0, 0]), _masks([0, 0, 1, 0, 1, 0]))
+    assert r == {"exploration_degree": 4 / 6, "iou_grow": 1 / 3, "n_grown": 1}
+    # update 3: the weight grown at update 2 (index 4) is pruned again
+    r = metrics.record_prune(st, _masks([0, 0, 1, 0, 1, 0]), _masks([0, 0, 1, 0, 0, 0]))
+    assert r == {"iou_prune": 1.0, "survival_rate": 0.0, "n_pruned": 1}
+
+
+def test_split_records_equal_record_update():
+    g = torch.Generator().manual_seed(0)
+    seq = []
+    mask = torch.rand(40, generator=g) < 0.3
+    for _ in range(5):
+        active = mask.nonzero().squeeze(1)
+        drop = active[torch.randperm(len(active), generator=g)[:4]]
+        pruned = mask.clone()
+        pruned[drop] = False
+        idle = (~pruned).nonzero().squeeze(1)
+        grown = pruned.clone()
+        grown[idle[torch.randperm(len(idle), generator=g)[:4]]] = True
+        seq.append((mask, pruned, grown))
+        mask = grown
+    a = regrow.SparseState(masks={"w": seq[0][0]}, targets={"w": 12})
+    b = copy.deepcopy(a)
+    metrics.start_tracking(a)
+    metrics.start_tracking(b)
+    for before, pruned, grown in seq:
+        whole = metrics.record_update(a, {"w": before}, {"w": pruned}, {"w": grown})
+        split = {**metrics.record_prune(b, {"w": before}, {"w": pruned}),
+                 **metrics.record_grow(b, {"w": before}, {"w": pruned}, {"w": grown})}
+        assert whole == split
+
+
+def test_logged_records_carry_the_metrics():
+    model, opt, m = make(H=2, J=1, Q=2, total_steps=30)
+    train(model, opt, m, 30)
+    recs = m.pop_metrics()
+    prunes = [r for r in recs if r["event"] == "prune"]
+    grows = [r for r in recs if r["event"] == "grow"]
+    assert len(prunes) == len(grows) == m.cycles
+    assert all("iou_prune" in r and "survival_rate" in r for r in prunes[1:])
+    assert all({"iou_grow", "exploration_degree", "layer_density", "fraction"} <= set(r) for r in grows)
+    assert [r["fraction"] for r in prunes] == [r["fraction"] for r in grows]
+    assert all(0 <= r["survival_rate"] <= 1 for r in prunes[1:])
+
+
+# ---- resume in the middle of every stage ----------------------------------------------------
+def _save(model, opt, m):
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "method": m.state_dict()}, buf)
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("opt_kind,criterion", [("sgd", "magnitude"), ("adam", "taylor")])
+def test_resume_in_the_middle_of_every_stage_is_bit_identical(opt_kind, criterion):
+    cfg = dict(H=3, J=3, Q=3, total_steps=30, criterion=criterion)   # ΔT = 9, 2 IEE steps
+    model, opt, ref = make(opt_kind, **cfg)
+    train(model, opt, ref, 30)
+    final = {k: v.clone() for k, v in model.state_dict().items()}
+    ref_sd = ref.state_dict()
+    # after step 1: estimate; 4: improve; 7: explore; 10: estimate (2nd); 25: train
+    for stop in (1, 4, 7, 10, 25):
+        model_a, opt_a, a = make(opt_kind, **cfg)
+        train(model_a, opt_a, a, stop)
+        phase = a.phase
+        buf = _save(model_a, opt_a, a)
+        model_b, opt_b, b = make(opt_kind, seed=7, **cfg)
+        sd = torch.load(buf, weights_only=False)
+        model_b.load_state_dict(sd["model"])
+        opt_b.load_state_dict(sd["opt"])
+        b.load_state_dict(sd["method"])
+        assert b.phase == phase
+        train(model_b, opt_b, b, 30 - stop, start=stop + 1)
+        for k, v in model_b.state_dict().items():
+            assert torch.equal(v, final[k]), (stop, k)
+        got = b.state_dict()
+        for n in ref_sd["state"]["masks"]:
+            assert torch.equal(got["state"]["masks"][n], ref_sd["state"]["masks"][n])
+            assert torch.equal(got["state"]["dormant"][n], ref_sd["state"]["dormant"][n])
+        assert got["state"]["counters"] == ref_sd["state"]["counters"]
+        for key, d in ref_sd["state"]["buffers"].items():
+            for n, t in d.items():
+                assert torch.equal(got["state"]["buffers"][key][n], t), (stop, key, n)
+        for p_ref, p_b in zip(model.parameters(), model_b.parameters()):
+            s_ref, s_b = opt.state[p_ref], opt_b.state[p_b]
+            assert s_ref.keys() == s_b.keys()
+            for key in s_ref:
+                assert torch.equal(torch.as_tensor(s_ref[key]), torch.as_tensor(s_b[key])), (stop, key)
+    # every stop lies inside a stage: the step before and after it train in the same one
+    stages = [iee_stage(s, 3, 3, 3, ref.cycles) for s in (1, 4, 7, 10, 25)]
+    assert stages == ["estimate", "improve", "explore", "estimate", "train"]
+    assert stages == [iee_stage(s + 1, 3, 3, 3, ref.cycles) for s in (1, 4, 7, 10, 25)]
+
+
+def test_step_flops_per_stage():
+    _, _, m = make(H=2, J=2, Q=2, total_steps=24)
+    seq = []
+    for s in range(1, 25):
+        m.state.step = s
+        seq.append(m.step_flops(1.0, 10.0))
+    # explore iterations: r in [4, 6) for the 3 IEE steps: 4, 5, 10, 11, 16, 17
+    assert [s for s, f in enumerate(seq, 1) if f == 12.0] == [4, 5, 10, 11, 16, 17]
+    assert all(f == 3.0 for s, f in enumerate(seq, 1) if s not in (4, 5, 10, 11, 16, 17))
+    _, _, m = make(H=2, J=2, Q=2, total_steps=24, freeze=False)
+    m.state.step = 4
+    assert m.step_flops(1.0, 10.0) == 30.0
+
+
+def test_dense_layers_are_left_alone():
+    # uniform + dense_first_last: fc1 and fc3 are dense; IEE prunes and grows fc2 only
+    model, opt, m = make(distribution="uniform", dense_first_last=True, H=2, J=1, Q=2, total_steps=30)
+    assert m.state.targets["fc1.weight"] == 128 and m.state.targets["fc3.weight"] == 32
+    changed = []
+
+    def check(s):
+        assert bool(m.state.masks["fc1.weight"].all()) and bool(m.state.masks["fc3.weight"].all())
+        changed.append(m.phase)
+    train(model, opt, m, 30, each=check)
+    assert "explore" in changed
+    prunes = [r for r in m.pop_metrics() if r["event"] == "prune"]
+    target = m.state.targets["fc2.weight"]
+    assert [r["n_pruned"] for r in prunes] == [int(r["fraction"] * target) for r in prunes]
+
+
+@pytest.mark.parametrize("unused_init", ["zero", "weights"])
+def test_never_active_weights_explore_from_zero_or_their_initial_value(unused_init):
+    torch.manual_seed(0)
+    initial = {n: p.detach().clone() for n, p in MLP().named_parameters()}
+    model, opt, m = make(H=2, J=2, Q=3, total_steps=28, unused_init=unused_init)
+    never = {n: ~k.clone() for n, k in m.state.masks.items()}   # nothing grows before iteration 7
+    train(model, opt, m, 3)                        # reactivated at the start of iteration 4
+    assert m.phase == "explore"
+    for n, p in m.params.items():
+        values = p.detach()[never[n]]
+        expect = initial[n][never[n]] if unused_init == "weights" else torch.zeros_like(values)
+        assert torch.equal(values, expect)

@@ -1,0 +1,109 @@
+"""Structured latency-constrained IEE (regrow.methods.iee_channel)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import regrow
+from test_groups import TinyRes
+from test_halp import X, Y, check_all_or_nothing
+
+OPTS = dict(input_shape=(3, 8, 8), cost="flops", latency_target=0.5, H=2, J=2, Q=2, total_steps=40)
+
+
+def make(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = TinyRes()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return m, opt, regrow.create("iee_channel", m, opt, **{**OPTS, **kw})
+
+
+def train(m, opt, meth, steps):
+    m.train()
+    for _ in range(steps):
+        F.cross_entropy(m(X), Y).backward()
+        meth.step()
+        opt.zero_grad()
+
+
+def test_random_start_meets_budget_and_cycles_keep_it():
+    m, opt, meth = make()
+    assert meth.predicted_cost() <= meth.budget
+    check_all_or_nothing(m, meth, opt)
+    events = []
+    for _ in range(30):
+        train(m, opt, meth, 1)
+        for r in meth.pop_metrics():
+            events.append(r["event"])
+            assert r["predicted_cost"] <= meth.budget * (1 + 1e-9)
+            if r["event"] == "prune":
+                assert r["predicted_cost"] <= meth.budget - r["omega"] + 1e-9
+        if meth.phase == "exploit":
+            check_all_or_nothing(m, meth, opt)
+    assert events[:4] == ["prune", "grow", "prune", "grow"]
+
+
+def test_theta_k_frozen_during_reactivate_and_explore():
+    m, opt, meth = make()
+    while meth.phase != "explore":
+        train(m, opt, meth, 1)
+    masks = {n: mk.clone() for n, mk in meth.state.masks.items()}
+    vals = {n: meth.params[n].detach().clone() for n in meth.names}
+    moms = {n: opt.state[meth.params[n]]["momentum_buffer"].clone() for n in meth.names}
+    others = [p.detach().clone() for p in meth._others]
+    reactivated = any((meth.params[n].detach()[~masks[n]] != 0).any() for n in meth.names)
+    assert reactivated
+    for n, sm in meth._stat_masks.items():  # reactivated channels' BN statistics start at (0, 1)
+        assert (meth.stats[n][~sm] == (1.0 if n.endswith("running_var") else 0.0)).all()
+    explore_steps = 0
+    while meth.phase == "explore":  # the grow at the end of the stage restores Θ_K's optimizer state
+        train(m, opt, meth, 1)
+        explore_steps += 1
+        for n in meth.names:  # Θ_K bit-identical, Θ_P trains
+            assert torch.equal(meth.params[n].detach()[masks[n]], vals[n][masks[n]])
+        assert all(torch.equal(p, q) for p, q in zip(meth._others, others))
+    assert explore_steps == 2 and meth.phase == "exploit"
+    for n in meth.names:
+        still = masks[n] & meth.state.masks[n]
+        assert torch.equal(opt.state[meth.params[n]]["momentum_buffer"][still], moms[n][still])
+
+
+def test_resume_mid_explore_is_bit_identical():
+    m, opt, meth = make()
+    while meth.phase != "explore":
+        train(m, opt, meth, 1)
+    sd_m, sd_o, sd = copy.deepcopy(m.state_dict()), copy.deepcopy(opt.state_dict()), copy.deepcopy(meth.state_dict())
+    train(m, opt, meth, 9)
+    m2, opt2, meth2 = make(seed=4)
+    m2.load_state_dict(sd_m)
+    opt2.load_state_dict(sd_o)
+    meth2.load_state_dict(sd)
+    train(m2, opt2, meth2, 9)
+    assert meth2.checksum() == meth.checksum()
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_init_from_pretrained_keeps_largest_gamma():
+    torch.manual_seed(0)
+    m = TinyRes()
+    with torch.no_grad():
+        m.bne.weight.copy_(torch.linspace(0.1, 1.2, 12))
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    meth = regrow.create("iee_channel", m, opt, **{**OPTS, "init": "criterion"})
+    e = meth.channels["e"]
+    k = int(e.sum())
+    assert 1 <= k < 12 and e[12 - k:].all()  # the k largest |γ|
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"criterion": "magnitude"}, "criterion must be 'taylor'"),
+    ({"grow_by": "random"}, "grow_by must be 'criterion'"),
+    ({"total_steps": 4}, "no IEE step fits"),
+    ({"latency_target": 1.5}, "latency_target"),
+])
+def test_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make(**kw)

@@ -1,0 +1,167 @@
+"""Latency tables and cost models (regrow.structured.latency)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from regrow.structured.groups import find_groups
+from regrow.structured.latency import (
+    CostGraph, CostModel, Layer, LatencyTable, bilinear, build_table, channel_grid, device_name,
+    model_key, model_layers,
+)
+from test_groups import TinyRes
+
+CONV = Layer("c", "conv", 4, 6, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), False)
+
+
+def test_bilinear_golden():
+    gx, gy = np.array([1.0, 3.0]), np.array([2.0, 4.0])
+    z = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert bilinear(gx, gy, z, 2.0, 3.0) == pytest.approx(2.5)
+    assert bilinear(gx, gy, z, 3.0, 2.0) == pytest.approx(3.0)
+    assert bilinear(gx, gy, z, 1.0, 3.0) == pytest.approx(1.5)
+    assert bilinear(gx, gy, z, 10.0, 0.0) == pytest.approx(3.0)  # clamped to the grid
+    assert bilinear(gx, gy, z, np.array([1.0, 3.0]), np.array([4.0, 4.0])).tolist() == [2.0, 4.0]
+
+
+def synthetic_table(layer=CONV, batch=2):
+    t = LatencyTable(device_name(torch.device("cpu")), torch.__version__)
+    # T(c_in, c_out) = c_in * c_out / 4 on a 2 x 3 grid
+    t.add_entry(layer, batch, [1, 4], [1, 3, 6], [[0.25, 0.75, 1.5], [1.0, 3.0, 6.0]])
+    return t
+
+
+def test_table_lookup_interpolates_and_covers():
+    t = synthetic_table()
+    assert t.lookup(CONV, 2, 4, 6) == pytest.approx(6.0)
+    assert t.lookup(CONV, 2, 2.5, 3) == pytest.approx(1.875)  # halfway between 0.75 and 3.0
+    assert t.lookup(CONV, 2, 4, np.array([1, 2, 3])).tolist() == pytest.approx([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="does not cover layer 'c'"):
+        t.lookup(CONV, 8, 4, 6)  # another batch size is another signature
+
+
+def test_depthwise_entry_is_one_dimensional():
+    dw = Layer("dw", "dwconv", 6, 6, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), False)
+    t = LatencyTable("x", "y")
+    t.add_entry(dw, 1, [0], [1, 6], [[1.0, 6.0]])
+    assert t.lookup(dw, 1, 3, 3) == pytest.approx(3.0)
+
+
+def test_save_load_and_foreign_tables_refused(tmp_path):
+    path = tmp_path / "t.json"
+    synthetic_table().save(str(path))
+    back = LatencyTable.load(str(path))
+    assert back.lookup(CONV, 2, 4, 6) == pytest.approx(6.0)
+    data = json.loads(path.read_text())
+    data["device"] = "cuda:NVIDIA TITAN V"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="measured on 'cuda:NVIDIA TITAN V'.*rebuild"):
+        LatencyTable.load(str(path))
+    assert LatencyTable.load(str(path), check=False).device == "cuda:NVIDIA TITAN V"
+    data["device"], data["torch"] = device_name(torch.device("cpu")), "1.4.0"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="torch 1.4.0"):
+        LatencyTable.load(str(path))
+    with pytest.raises(FileNotFoundError, match="regrow latency-table"):
+        LatencyTable.load(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a regrow latency table"):
+        LatencyTable.load(str(tmp_path / "bad.json"))
+
+
+def test_macs_golden():
+    assert CONV.out_spatial() == (8, 8)
+    assert CONV.macs(4, 6) == 4 * 6 * 9 * 64
+    assert CONV.macs(2, 3) == 2 * 3 * 9 * 64
+    s2 = Layer("s", "conv", 4, 6, (8, 8), (3, 3), (2, 2), (1, 1), (1, 1), False)
+    assert s2.out_spatial() == (4, 4)
+    dw = Layer("dw", "dwconv", 6, 6, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), False)
+    assert dw.macs(6, 5) == 5 * 9 * 64
+
+
+def test_channel_grid_has_ends_and_simd_edges():
+    assert channel_grid(16, 6) == [1, 4, 7, 10, 13, 15, 16]
+    g = channel_grid(2048, 8)
+    assert g[0] == 1 and g[-1] == 2048 and len(g) < 40
+
+
+def test_build_table_measures_each_signature_once():
+    m = TinyRes()
+    layers = model_layers(m, torch.zeros(1, 3, 8, 8))
+    t = build_table(layers, 1, torch.device("cpu"), points=2, warmup=0, repeats=1)
+    sigs = {layer.signature(1) for layer in layers}
+    assert set(t.entries) == sigs  # a and b share one signature
+    assert all(t.covers(layer, 1) for layer in layers)
+    assert all(np.all(np.asarray(e["ms"]) > 0) for e in t.entries.values())
+
+
+def test_model_overhead_is_measured_once_and_scales_predictions():
+    m = TinyRes()
+    x = torch.zeros(1, 3, 8, 8)
+    layers = model_layers(m, x)
+    t = build_table(layers, 1, torch.device("cpu"), points=2, warmup=0, repeats=1, model=m, input_shape=(3, 8, 8))
+    key = model_key(layers, 1)
+    assert set(t.overheads) == {key} and t.overheads[key] > 0
+    t.overheads[key] = 1.25
+    assert build_table(layers, 1, torch.device("cpu"), table=t, model=m, input_shape=(3, 8, 8)).overheads[key] == 1.25
+    groups = find_groups(m, x)
+    graph, cost = CostGraph(layers, groups), CostModel(layers, "latency", t, batch=1)
+    full = {g.name: g.size for g in groups}
+    parts = sum(float(t.lookup(layer, 1, layer.c_in, layer.c_out)) for layer in layers)
+    assert graph.predict(cost, full) == pytest.approx(1.25 * parts)
+    assert CostModel(layers, "flops").scale == 1.0
+
+
+class Flat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.c, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x):
+        x = self.bn(self.c(self.stem(x)))
+        return self.fc(nn.functional.adaptive_avg_pool2d(x, 2).flatten(1))
+
+
+def test_cost_graph_flatten_and_prediction():
+    m = Flat()
+    x = torch.zeros(1, 1, 4, 4)
+    groups = find_groups(m, x)
+    assert [g.name for g in groups] == ["c"]
+    layers = model_layers(m, x)
+    graph = CostGraph(layers, groups)
+    act = graph.active({"c": 2})
+    assert act == {"stem": (1, 4), "c": (4, 2), "fc": (8, 3)}  # 2 channels × 4 positions
+    flops = CostModel(layers, "flops")
+    full = graph.predict(flops, {"c": 4})
+    assert full == pytest.approx((1 * 4 * 9 * 16 + 4 * 4 * 9 * 16 + 16 * 3) / 1e6)
+    assert graph.predict(flops, {"c": 2}) == pytest.approx((1 * 4 * 9 * 16 + 4 * 2 * 9 * 16 + 8 * 3) / 1e6)
+    assert graph.group_costs(flops, {"c": 4}, "c", [1, 2]).tolist() == pytest.approx(
+        [4 * 1 * 9 * 16 / 1e6, 4 * 2 * 9 * 16 / 1e6])
+    assert graph.fixed_cost(flops, {"c": 2}) == pytest.approx((1 * 4 * 9 * 16 + 8 * 3) / 1e6)
+
+
+def test_cost_model_errors():
+    with pytest.raises(ValueError, match="cost must be one of latency, flops"):
+        CostModel([CONV], "energy")
+    with pytest.raises(ValueError, match="needs a latency table"):
+        CostModel([CONV], "latency")
+    with pytest.raises(ValueError, match="does not cover layer 'c'"):
+        CostModel([CONV], "latency", LatencyTable("x", "y"), batch=2)
+
+
+def test_cli_latency_table(tmp_path):
+    from regrow.cli import main
+
+    out = tmp_path / "t.json"
+    args = ["latency-table", "--model", "resnet20", "--data", "synthetic", "--batch-size", "1",
+            "--out", str(out), "--points", "2", "--repeats", "1", "--warmup", "0"]
+    assert main(args) == 0
+    t = LatencyTable.load(str(out))
+    assert len(t.entries) >= 5
+    assert main(args[:-6] + ["--out", str(out), "--points", "1"]) == 2  # bad value: exit 2

@@ -1,0 +1,200 @@
+"""The training loop: LR schedule, optimizer groups, run directory, exact resume,
+gradient accumulation, NaN stop, pretrained start, SNIP calibration."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from regrow.train import checkpoint as ckpt
+from regrow.train import config as C
+from regrow.train.loop import NonFiniteLoss, lr_factor, param_groups, train
+
+TINY = {
+    "model": "mlp", "model_options": {"hidden": [16, 16]}, "data": "synthetic",
+    "synthetic": {"shape": [1, 16], "num_classes": 4, "train_size": 96, "test_size": 32},
+    "epochs": 2, "batch_size": 16, "log_every": 2, "quiet": True, "device": "cpu",
+    "method": "rigl", "method_options": {"update_interval": 2}, "density": 0.25,
+}
+
+
+def tiny(tmp_path, name="run", **kw):
+    if kw.get("method", "rigl") not in ("rigl", "set"):
+        kw.setdefault("method_options", {})
+    return C.build({**TINY, **kw, "out": str(tmp_path / name)})
+
+
+def lines(run):
+    return (run / "metrics.jsonl").read_text().splitlines()
+
+
+# ---- pure pieces ----------------------------------------------------------------
+def test_lr_factor_golden_values():
+    kw = dict(total_steps=10, warmup_steps=0, step_size=3, gamma=0.2)
+    assert lr_factor(0, schedule="cosine", **kw) == 1.0
+    assert lr_factor(5, schedule="cosine", **kw) == pytest.approx(0.5)
+    assert lr_factor(10, schedule="cosine", **kw) == pytest.approx(0.0)
+    assert [lr_factor(s, schedule="step", **kw) for s in (0, 2, 3, 6)] == pytest.approx([1, 1, 0.2, 0.04])
+    assert lr_factor(7, schedule="constant", **kw) == 1.0
+    warm = dict(kw, warmup_steps=4)
+    assert [lr_factor(s, schedule="warmup-cosine", **warm) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    # after warm-up the cosine runs over the remaining 6 steps: half-way at step 7
+    assert lr_factor(7, schedule="warmup-cosine", **warm) == pytest.approx(0.5)
+
+
+def test_param_groups_skip_norm_and_bias():
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    one = param_groups(m, 1e-4, False)
+    assert len(one) == 1 and len(one[0]["params"]) == 6
+    decay, rest = param_groups(m, 1e-4, True)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3]), torch.Size([2, 4])]
+    assert decay["weight_decay"] == 1e-4 and rest["weight_decay"] == 0.0 and len(rest["params"]) == 4
+
+
+# ---- end to end -----------------------------------------------------------------
+def test_run_directory_has_every_file_and_key(tmp_path):
+    cfg = tiny(tmp_path)
+    summary = train(cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt",
+                 "plots/loss.png", "plots/accuracy.png", "plots/density.png", "plots/structure.png"):
+        assert (run / name).is_file(), name
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("method", "model", "data", "target_density", "final_density", "per_layer_density",
+                "test_top1", "steps", "wall_seconds", "seed", "regrow_version", "torch_version"):
+        assert key in on_disk, key
+    assert on_disk["steps"] == 12 and on_disk["target_density"] == 0.25
+    assert on_disk["final_density"] == pytest.approx(0.25, abs=1e-3)
+    assert 0.0 <= on_disk["test_top1"] <= 1.0
+    records = [json.loads(x) for x in lines(run)]
+    events = {r["event"] for r in records}
+    assert {"train", "epoch", "update"} <= events
+    for r in records:
+        assert {"step", "epoch", "event"} <= set(r)
+    train_recs = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in train_recs] == list(range(2, 13, 2))
+    assert all({"loss", "lr", "batch_acc", "density"} <= set(r) for r in train_recs)
+    ep = [r for r in records if r["event"] == "epoch"]
+    assert [r["epoch"] for r in ep] == [1, 2] and all({"test_acc", "train_loss"} <= set(r) for r in ep)
+    upd = [r for r in records if r["event"] == "update"]
+    assert upd and all("iou_grow" in r for r in upd)
+    assert C.load_yaml(str(run / "config.yaml")) == cfg.to_dict()
+    assert ckpt.load(run / "checkpoint.pt")["loop"]["step"] == 12
+
+
+def test_existing_run_directory_is_not_overwritten_silently(tmp_path):
+    train(tiny(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="regrow resume"):
+        train(tiny(tmp_path, epochs=1))
+    train(tiny(tmp_path, epochs=1), overwrite=True)
+
+
+@pytest.mark.parametrize("method,stop", [("rigl", 7), ("iee", 5)])
+def test_resume_mid_epoch_is_bit_identical(tmp_path, method, stop):
+    opts = {"update_interval": 2} if method == "rigl" else {"H": 1, "J": 1, "Q": 1}
+    kw = dict(method=method, method_options=opts, deterministic=True, epochs=3)
+    train(tiny(tmp_path, "full", **kw))
+    part = tiny(tmp_path, "part", **kw)
+    assert train(part, stop_after_steps=stop) == {"stopped_at_step": stop}
+    assert ckpt.load(tmp_path / "part" / "checkpoint.pt")["loop"]["epoch_step"] == stop % 6
+    train(part, resume=True)
+    assert lines(tmp_path / "full") == lines(tmp_path / "part")
+    a = ckpt.load(tmp_path / "full" / "checkpoint.pt")
+    b = ckpt.load(tmp_path / "part" / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, m in a["method"]["state"]["masks"].items():
+        assert torch.equal(m, b["method"]["state"]["masks"][k]), k
+    for k, m in a["method"]["state"]["dormant"].items():
+        assert torch.equal(m, b["method"]["state"]["dormant"][k]), k
+    sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("full", "part"))
+    assert sa["test_top1"] == sb["test_top1"] and sa["steps"] == sb["steps"]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """Mean of two half-batch losses = loss of the full batch: same steps, same weights."""
+    kw = dict(deterministic=True, epochs=1, method="static", momentum=0.0, weight_decay=0.0)
+    train(tiny(tmp_path, "one", **kw))
+    train(tiny(tmp_path, "two", grad_accum=2, **kw))
+    a = ckpt.load(tmp_path / "one" / "checkpoint.pt")["model"]
+    b = ckpt.load(tmp_path / "two" / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    la = [json.loads(x) for x in lines(tmp_path / "one")]
+    lb = [json.loads(x) for x in lines(tmp_path / "two")]
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+
+
+def test_grad_accum_must_divide_the_batch(tmp_path):
+    with pytest.raises(ValueError, match="multiple of world size x grad_accum"):
+        train(tiny(tmp_path, grad_accum=3))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
+    cfg = tiny(tmp_path, method="static", lr=1e12, momentum=0.0, weight_decay=0.0, epochs=3)
+    train(cfg, stop_after_steps=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    before = path.read_bytes()
+    with pytest.raises(NonFiniteLoss, match=r"at step \d+ \(epoch 1\).*last good checkpoint"):
+        train(cfg, resume=True)
+    assert path.read_bytes() == before
+    assert ckpt.load(path)["loop"]["step"] == 1
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_pretrained_weights_are_the_starting_point(tmp_path):
+    train(tiny(tmp_path, "dense", method="dense", method_options={}, epochs=1))
+    src = tmp_path / "dense" / "checkpoint.pt"
+    # lr so small that the run cannot move the weights: the result is pretrained ⊙ mask
+    cfg = tiny(tmp_path, "fine", method="static", method_options={}, epochs=1, lr=1e-30,
+               weight_decay=0.0, pretrained=str(src))
+    train(cfg)
+    pre = ckpt.load(src)["model"]
+    out = ckpt.load(tmp_path / "fine" / "checkpoint.pt")
+    masks = out["method"]["state"]["masks"]
+    for k, w in out["model"].items():
+        expect = pre[k] * masks[k] if k in masks else pre[k]
+        torch.testing.assert_close(w, expect)
+
+
+def test_pretrained_for_another_model_is_rejected(tmp_path):
+    train(tiny(tmp_path, "dense", method="dense", method_options={}, epochs=1))
+    cfg = tiny(tmp_path, "x", model_options={"hidden": [8]},
+               pretrained=str(tmp_path / "dense" / "checkpoint.pt"))
+    with pytest.raises(ValueError, match="does not fit model mlp"):
+        train(cfg)
+
+
+def test_snip_is_calibrated_by_the_loop(tmp_path):
+    s = train(tiny(tmp_path, method="snip", method_options={"calibration_batches": 2}, epochs=1))
+    assert s["final_density"] == pytest.approx(0.25, abs=1e-3)
+    assert math.isfinite(s["test_loss"])
+
+
+def test_amp_needs_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU-only error path needs a machine without CUDA")
+    with pytest.raises(ValueError, match="amp .* needs a CUDA device"):
+        train(tiny(tmp_path, amp=True))
+
+
+def test_no_decay_and_adamw_and_step_schedule_run(tmp_path):
+    s = train(tiny(tmp_path, optimizer="adamw", lr=1e-3, no_decay_norm_bias=True, schedule="step",
+                   lr_step_size=3, lr_gamma=0.5, label_smoothing=0.1, epochs=1))
+    lrs = [json.loads(x)["lr"] for x in lines(tmp_path / "run") if '"train"' in x]
+    # LR used by steps 2, 4, 6 (0-based 1, 3, 5): γ^⌊i/3⌋
+    assert lrs == pytest.approx([1e-3, 5e-4, 5e-4])
+    assert s["steps"] == 6
+
+
+def test_channel_methods_get_the_sample_shape_from_the_data(tmp_path):
+    """iee_channel traces the model on one sample: the loop passes the dataset's shape."""
+    s = train(tiny(tmp_path, method="iee_channel", structure="channel", model="resnet20", model_options={},
+                   synthetic={"shape": [3, 8, 8], "num_classes": 4, "train_size": 96, "test_size": 32},
+                   method_options={"cost": "flops", "H": 2, "J": 1, "Q": 1}, epochs=2))
+    assert s["steps"] == 12 and s["final_density"] < 1.0
+    saved = ckpt.load(tmp_path / "run" / "checkpoint.pt")["method"]["config"]
+    assert tuple(saved["input_shape"]) == (3, 8, 8)

@@ -1,0 +1,88 @@
+"""Tables and plots from hand-written run and compare directories."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from regrow import report
+
+
+def make_run(path, method="rigl", density=0.1, seed=0, top1=0.5, updates=True):
+    path.mkdir(parents=True)
+    summary = {"method": method, "model": "mlp", "data": "digits", "target_density": density,
+               "final_density": density, "per_layer_density": {"a.weight": density, "b.weight": 1.0},
+               "test_top1": top1, "steps": 20, "wall_seconds": 2.0, "seed": seed}
+    if method != "dense":
+        summary["train_flops_relative"] = 0.25
+    (path / "summary.json").write_text(json.dumps(summary))
+    recs = [{"event": "train", "step": s, "epoch": s / 10, "loss": 1.0 / s, "batch_acc": 0.1 * s / 2,
+             "lr": 0.1, "density": density} for s in (5, 10, 15, 20)]
+    recs += [{"event": "epoch", "step": s, "epoch": s // 10, "train_loss": 0.5,
+              "test_loss": 0.7, "test_acc": top1} for s in (10, 20)]
+    if updates:
+        recs += [{"event": "update", "step": s, "iou_grow": 0.8, "survival_rate": 0.5,
+                  "exploration_degree": 0.2} for s in (4, 8)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_mean_std_golden():
+    assert report.mean_std([0.5, 0.7]) == (pytest.approx(0.6), pytest.approx(math.sqrt(0.02)))
+    assert report.mean_std([0.3]) == (0.3, 0.0)
+    m, s = report.mean_std([])
+    assert math.isnan(m) and math.isnan(s)
+
+
+def test_render_run_writes_plots_and_a_row(tmp_path):
+    run = make_run(tmp_path / "r")
+    table = report.render_run(run)
+    for name in ("loss", "accuracy", "density", "structure"):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 1000
+    row = table.splitlines()[2]
+    assert row.startswith("| rigl | 0.1 | 0.1000 | 50.00 | 0.250 | 20 |")
+
+
+def test_structure_plot_only_when_the_method_logged_updates(tmp_path):
+    run = make_run(tmp_path / "s", method="static", updates=False)
+    report.render(run)
+    assert (run / "plots" / "loss.png").exists() and not (run / "plots" / "structure.png").exists()
+
+
+def test_compare_aggregates_seeds(tmp_path):
+    root = tmp_path / "cmp"
+    make_run(root / "rigl-d0.1-s0", top1=0.5, seed=0)
+    make_run(root / "rigl-d0.1-s1", top1=0.7, seed=1)
+    make_run(root / "iee-d0.1-s0", method="iee", top1=0.8)
+    make_run(root / "dense-d1-s0", method="dense", density=1.0, top1=0.9, updates=False)
+    (root / "stray").mkdir()  # not a run: ignored
+    table = report.render_compare(root, order=["dense", "rigl", "iee"])
+    rows = list(csv.DictReader(open(root / "results.csv")))
+    assert [(r["method"], r["seeds"]) for r in rows] == [("dense", "1"), ("rigl", "2"), ("iee", "1")]
+    rigl = rows[1]
+    assert float(rigl["test_top1_mean"]) == pytest.approx(0.6)
+    assert float(rigl["test_top1_std"]) == pytest.approx(math.sqrt(0.02))
+    assert rows[0]["train_flops_relative_mean"] == ""
+    assert "| rigl | 0.1 | 2 | 60.00 ± 14.14 |" in table
+    assert table in (root / "results.md").read_text()
+    assert (root / "plots" / "accuracy_vs_density.png").exists()
+    assert (root / "plots" / "structure.png").exists()  # iee and rigl IoU/survival on one figure
+    # without an order: method names sorted; with compare.json: the grid's order
+    assert [r.split(" | ")[0] for r in report.render(root).splitlines()[2:]] == ["| dense", "| iee", "| rigl"]
+    (root / "compare.json").write_text(json.dumps({"methods": ["rigl", "iee", "dense"]}))
+    assert [r.split(" | ")[0] for r in report.render(root).splitlines()[2:]] == ["| rigl", "| iee", "| dense"]
+
+
+def test_render_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        report.render(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no finished runs"):
+        report.render(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "summary.json").write_text("{")
+    with pytest.raises(ValueError, match="summary.json is not valid JSON"):
+        report.render(bad)

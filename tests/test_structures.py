@@ -1,0 +1,229 @@
+"""Structures: exact, deterministic top-k / prune / grow under unstructured and N:M."""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from regrow import structures
+from regrow.structures import (
+    NM, Unstructured, bottomk_mask, global_grow, global_prune, global_topk, grow_highest,
+    make_structure, prune_lowest, topk_mask,
+)
+
+NAN, INF = float("nan"), float("inf")
+VALUES = st.one_of(
+    st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0, NAN, INF, -INF]),  # many ties
+    st.floats(width=32, allow_nan=True, allow_infinity=True),
+)
+
+
+@contextmanager
+def prefilter(on: bool):
+    """Force the sampled-threshold path onto tiny tensors (or keep the plain path)."""
+    if not on:
+        yield
+        return
+    with mock.patch.object(structures, "_PREFILTER_MIN", 4), mock.patch.object(structures, "_SAMPLE", 3):
+        yield
+
+
+def _key(v: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(v.double(), nan=-INF, posinf=INF, neginf=-INF)  # NaN ranks as -inf
+
+
+def ref_topk(v: torch.Tensor, k: int) -> torch.Tensor:
+    """Plain reference: stable descending sort, the first k (ties: lower index first)."""
+    order = torch.sort(_key(v), descending=True, stable=True).indices[:k]
+    out = torch.zeros(v.numel(), dtype=torch.bool)
+    out[order] = True
+    return out
+
+
+def ref_bottomk(v: torch.Tensor, k: int) -> torch.Tensor:
+    order = torch.sort(_key(v), stable=True).indices[:k]
+    out = torch.zeros(v.numel(), dtype=torch.bool)
+    out[order] = True
+    return out
+
+
+# ---- golden cases by hand ---------------------------------------------------------------
+def test_topk_golden_with_ties_and_nan():
+    s = torch.tensor([3.0, NAN, 5.0, 3.0, 1.0, 3.0, 5.0, -2.0])
+    assert topk_mask(s, 3).tolist() == [True, False, True, False, False, False, True, False]
+    assert topk_mask(s, 4).tolist() == [True, False, True, True, False, False, True, False]
+    assert bottomk_mask(s, 2).tolist() == [False, True, False, False, False, False, False, True]
+    assert bottomk_mask(s, 4).tolist() == [True, True, False, False, True, False, False, True]
+
+
+def test_prune_and_grow_golden():
+    s = torch.tensor([0.5, 0.1, 0.9, 0.1, 0.7, 0.3, 0.2, 0.8])
+    m = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    # the two lowest active (0.1 at 1 and 3) go
+    assert prune_lowest(s, m, 2).int().tolist() == [1, 0, 1, 0, 0, 0, 0, 0]
+    # the two highest inactive (0.8 at 7, 0.7 at 4) come
+    assert grow_highest(s, m, 2).int().tolist() == [1, 1, 1, 1, 1, 0, 0, 1]
+    # inactive entries never count for prune, active ones never for grow, even at +-inf
+    s2 = torch.tensor([INF, 1.0, 2.0, 3.0, -INF, -INF, NAN, 0.0])
+    assert prune_lowest(s2, m, 1).int().tolist() == [1, 0, 1, 1, 0, 0, 0, 0]
+    assert grow_highest(s2, m, 3).int().tolist() == [1, 1, 1, 1, 1, 1, 0, 1]
+    assert grow_highest(s2, m, 4).int().tolist() == [1] * 8
+    assert torch.equal(prune_lowest(s, m, 0), m) and torch.equal(grow_highest(s, m, 0), m)
+
+
+def test_nm_golden_blocks_along_input_dim():
+    nm = NM(2, 4)
+    # Linear [out=2, in=8]: two blocks per row
+    s = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.0, 0.0, 0.0, 0.0],
+                      [1.0, 1.0, 1.0, 1.0, 5.0, NAN, 6.0, -1.0]])
+    m = nm.topk(s, 8)
+    assert m.int().tolist() == [[1, 0, 1, 0, 1, 1, 0, 0], [1, 1, 0, 0, 1, 0, 1, 0]]
+    # Conv [out=1, in=4, 1, 2]: a block runs over the 4 input channels at one kernel position
+    c = torch.tensor([[[[1.0, 9.0]], [[2.0, 8.0]], [[3.0, 7.0]], [[4.0, 6.0]]]])
+    mc = nm.topk(c, 4)
+    assert mc[0, :, 0, 0].int().tolist() == [0, 0, 1, 1]
+    assert mc[0, :, 0, 1].int().tolist() == [1, 1, 0, 0]
+
+
+def test_nm_grow_refills_each_block_even_with_nan_and_inf_scores():
+    nm = NM(2, 4)
+    mask = torch.tensor([[True, False, False, False, True, True, False, False]])
+    scores = torch.tensor([[NAN, NAN, NAN, NAN, 1.0, 2.0, -INF, NAN]])
+    new = nm.grow(scores, mask, 1)
+    assert new.int().tolist() == [[1, 1, 0, 0, 1, 1, 0, 0]]
+
+
+def test_nm_check_and_count():
+    nm = NM(2, 4)
+    assert nm.count((8, 16, 3, 3), 0.5) == 8 * 16 * 9 // 2
+    with pytest.raises(ValueError, match="divisible by m=4"):
+        nm.check("fc.weight", (8, 6))
+    with pytest.raises(ValueError, match="Linear or Conv"):
+        nm.check("bias", (8,))
+    with pytest.raises(ValueError, match="0 < n <= m"):
+        NM(5, 4)
+
+
+def test_make_structure_errors_name_allowed_values():
+    assert isinstance(make_structure("unstructured"), Unstructured)
+    assert isinstance(make_structure("nm", 1, 4), NM)
+    with pytest.raises(ValueError, match="unknown structure 'block'.*unstructured, nm"):
+        make_structure("block")
+
+
+def test_large_tensor_prefilter_matches_reference_and_falls_back():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(200_000, generator=g)
+    v[::7] = 0.25  # a big tie group right at a plausible threshold
+    for k in (1, 1000, 50_000, 100_000, 150_000):
+        assert torch.equal(topk_mask(v, k), ref_topk(v, k)), k
+        assert torch.equal(bottomk_mask(v, k), ref_bottomk(v, k)), k
+    # adversarial for a strided sample: the sampled entries are all the smallest
+    w = torch.ones(100_000)
+    w[:: max(1, 100_000 // structures._SAMPLE)] = -1.0
+    assert torch.equal(topk_mask(w, 500), ref_topk(w, 500))
+    # ... and all the largest: the threshold keeps fewer than k, so it ranks everything
+    z = torch.zeros(100_000)
+    z[:: max(1, 100_000 // structures._SAMPLE)] = 1.0
+    z[1::3] = 0.5
+    assert torch.equal(topk_mask(z, 10_000), ref_topk(z, 10_000))
+    assert torch.equal(bottomk_mask(-z, 10_000), ref_bottomk(-z, 10_000))
+    none = torch.zeros(100_000, dtype=torch.bool)
+    exp = none.clone()
+    exp[ref_topk(z, 10_000)] = True
+    assert torch.equal(grow_highest(z, none, 10_000), exp)
+    for mask, k in [(torch.rand(200_000, generator=g) < d, k) for d in (0.1, 0.8) for k in (1, 500, 5000)]:
+        exp = mask.clone()
+        exp[torch.nonzero(mask).squeeze(1)[ref_bottomk(v[mask], k)]] = False
+        assert torch.equal(prune_lowest(v, mask, k), exp)
+        exp = mask.clone()
+        exp[torch.nonzero(~mask).squeeze(1)[ref_topk(v[~mask], k)]] = True
+        assert torch.equal(grow_highest(v, mask, k), exp)
+
+
+# ---- properties -------------------------------------------------------------------------
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "prefilter"])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), vals=st.lists(VALUES, min_size=1, max_size=40))
+def test_topk_properties(fast, data, vals):
+    v = torch.tensor(vals, dtype=torch.float32)
+    k = data.draw(st.integers(0, len(vals)))
+    with prefilter(fast):
+        m = topk_mask(v, k)
+        b = bottomk_mask(v, k)
+    assert m.dtype == torch.bool and int(m.sum()) == k and int(b.sum()) == k
+    key = _key(v)
+    if 0 < k < len(vals):
+        assert key[m].min() >= key[~m].max()  # chosen >= unchosen
+        assert key[b].max() <= key[~b].min()
+        if torch.isnan(v).any() and not torch.isnan(v).all() and (key[~torch.isnan(v)] > -INF).sum() >= k:
+            assert not (m & torch.isnan(v)).any()  # NaN never preferred over a real score
+    assert torch.equal(m, ref_topk(v, k))  # exact, ties by lowest index
+    assert torch.equal(b, ref_bottomk(v, k))
+    with prefilter(fast):
+        assert torch.equal(topk_mask(v, k), m)  # deterministic
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "prefilter"])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), vals=st.lists(VALUES, min_size=2, max_size=40))
+def test_prune_grow_properties(fast, data, vals):
+    v = torch.tensor(vals, dtype=torch.float32)
+    mask = torch.tensor(data.draw(st.lists(st.booleans(), min_size=len(vals), max_size=len(vals))))
+    active = int(mask.sum())
+    n_prune = data.draw(st.integers(0, active))
+    n_grow = data.draw(st.integers(0, len(vals) - active))
+    with prefilter(fast):
+        p = prune_lowest(v, mask, n_prune)
+        g = grow_highest(v, mask, n_grow)
+    assert int(p.sum()) == active - n_prune and not (p & ~mask).any()
+    assert int(g.sum()) == active + n_grow and not (mask & ~g).any()
+    idx_a, idx_i = torch.nonzero(mask).squeeze(1), torch.nonzero(~mask).squeeze(1)
+    exp_p = mask.clone()
+    exp_p[idx_a[ref_bottomk(v[mask], n_prune)]] = False
+    exp_g = mask.clone()
+    exp_g[idx_i[ref_topk(v[~mask], n_grow)]] = True
+    assert torch.equal(p, exp_p) and torch.equal(g, exp_g)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 3), blocks=st.integers(1, 3), kernel=st.integers(1, 2),
+       n=st.integers(1, 4))
+def test_nm_properties(data, rows, blocks, kernel, n):
+    nm = NM(n, 4)
+    shape = (rows, 4 * blocks, kernel)
+    numel = math.prod(shape)
+    s = torch.tensor(data.draw(st.lists(VALUES, min_size=numel, max_size=numel)), dtype=torch.float32).view(shape)
+    k = nm.count(shape, n / 4)
+    m = nm.topk(s, k)
+    per_block = m.movedim(1, -1).reshape(-1, 4).sum(1)
+    assert torch.all(per_block == n) and int(m.sum()) == k
+    # within each block the kept scores beat the dropped ones (NaN lowest)
+    kb, sb = m.movedim(1, -1).reshape(-1, 4), _key(s).movedim(1, -1).reshape(-1, 4)
+    for row_m, row_s in zip(kb, sb):
+        if 0 < n < 4:
+            assert row_s[row_m].min() >= row_s[~row_m].max()
+        assert torch.equal(row_m, ref_topk(row_s, n))
+    # prune some, grow back: every block holds n again, exactly as many grown as pruned
+    drop = data.draw(st.integers(0, k))
+    pruned = nm.prune(s, m, drop)
+    assert int(pruned.sum()) == k - drop
+    regrown = nm.grow(-s, pruned, drop)
+    assert torch.all(regrown.movedim(1, -1).reshape(-1, 4).sum(1) == n)
+    assert not (pruned & ~regrown).any()
+
+
+def test_global_selection_ranks_across_tensors():
+    a = torch.tensor([0.1, 0.9, 0.5, 0.5])
+    b = torch.tensor([[0.5, 0.8], [0.2, 0.0]])
+    top = global_topk({"a": a, "b": b}, 4)
+    assert top["a"].int().tolist() == [0, 1, 1, 1] and top["b"].int().tolist() == [[0, 1], [0, 0]]
+    masks = {"a": torch.tensor([1, 1, 0, 0], dtype=torch.bool), "b": torch.tensor([[1, 1], [0, 0]], dtype=torch.bool)}
+    pr = global_prune({"a": a, "b": b}, masks, 2)
+    assert pr["a"].int().tolist() == [0, 1, 0, 0] and pr["b"].int().tolist() == [[0, 1], [0, 0]]
+    gr = global_grow({"a": a, "b": b}, pr, 2)
+    assert gr["a"].int().tolist() == [0, 1, 1, 1] and gr["b"].int().tolist() == [[0, 1], [0, 0]]
