@@ -107,6 +107,8 @@ def test_iee_closed_form_h_j_q_equal_ending_at_three_quarters():
     zp = led.inference_flops()
     assert math.isclose(led.total / 48, (11 * zp + ZD) / 4, rel_tol=1e-12)
     assert math.isclose(led.relative, (11 * zp + ZD) / 4 / (3 * ZD), rel_tol=1e-12)
+    # masked dense kernels compute 3·ζ_D per sample whatever the stage
+    assert math.isclose(led.executed_relative, 1.0, rel_tol=1e-12)
 
 
 def test_ledger_counts_what_each_step_ran():
