@@ -94,3 +94,14 @@ def test_pretrained_weights_from_every_layout(tmp_path):
         ckpt.load_model_weights(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         ckpt.load_model_weights(tmp_path / "nope.pt")
+
+
+def test_pretrained_samples_come_from_a_regrow_checkpoint_only(tmp_path):
+    base = {"model": {}, "optimizer": {}, "method": {}, "rng": {}, "config": {"batch_size": 16},
+            "loop": {"step": 7}}
+    ckpt.save(tmp_path / "a.pt", {**base, "ledger": {"samples": 100, "total": 1.0}})
+    ckpt.save(tmp_path / "b.pt", {**base, "ledger": None})
+    torch.save({"w": torch.zeros(2)}, tmp_path / "c.pt")
+    assert ckpt.pretrained_samples(tmp_path / "a.pt") == 100  # the ledger's exact count
+    assert ckpt.pretrained_samples(tmp_path / "b.pt") == 7 * 16  # steps × global batch
+    assert ckpt.pretrained_samples(tmp_path / "c.pt") is None  # a plain state_dict: unknown

@@ -9,6 +9,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from regrow import cli
 
@@ -27,7 +28,8 @@ def run(argv, capsys):
 @pytest.mark.parametrize("command,flags", [
     ("train", ["--method", "--density", "--distribution", "--epochs", "--batch-size", "--lr", "--seed",
                "--out", "--config", "--opt", "--update-interval", "--alpha", "--grad-accum", "--amp",
-               "--deterministic", "--pretrained", "--quiet"]),
+               "--deterministic", "--pretrained", "--quiet", "--structure", "--latency-target", "--latency-ms",
+               "--cost", "--latency-table", "--slim-after-updates", "--data-seed", "--pretrained-epochs"]),
     ("compare", ["--methods", "--densities", "--seeds", "--out", "--config", "--epochs"]),
     ("resume", ["run_dir", "--quiet"]),
     ("report", ["path"]),
@@ -163,3 +165,50 @@ def test_other_modules_add_subcommands_with_one_entry(monkeypatch, capsys):
     monkeypatch.setattr(cli, "EXTERNAL", ("regrow_test_ext:COMMANDS",))
     assert cli.main(["hello", "--n", "2"]) == 0
     assert capsys.readouterr().out.strip() == "hellohello"
+
+
+CHANNEL = ["--method", "iee", "--structure", "channel", "--latency-target", "0.5", "--cost", "flops",
+           "--slim-after-updates", "--model", "resnet20", "--data", "synthetic",
+           "--synthetic", "shape=[3,8,8]", "--synthetic", "num_classes=4", "--synthetic", "train_size=96",
+           "--synthetic", "test_size=32", "--epochs", "4", "--batch-size", "16", "--opt", "H=2",
+           "--opt", "J=1", "--opt", "Q=1", "--end-fraction", "0.5", "--log-every", "5", "--device", "cpu",
+           "--quiet", "--deterministic", "--threads", "1"]
+
+
+def test_channel_flags_map_onto_the_method_options():
+    args = cli.build_parser().parse_args(["train", "--latency-ms", "2.5", "--cost", "latency",
+                                          "--latency-table", "t.json", "--slim-after-updates"])
+    assert cli.flag_layer(args)["method_options"] == {
+        "latency_ms": 2.5, "cost": "latency", "latency_table": "t.json", "slim_after": True}
+    assert "method_options" not in cli.flag_layer(cli.build_parser().parse_args(["train"]))
+
+
+def test_channel_iee_slims_in_training_and_resumes_bit_identically(tmp_path, capsys):
+    """iee + --structure channel runs channel IEE; 3 IEE steps of ΔT = 4 end at step 12, the
+    model is slimmed right after the last grow; a run stopped after the slimming resumes."""
+    assert run(["train", *CHANNEL, "--out", str(tmp_path / "a")], capsys)[0] == 0
+    assert run(["train", *CHANNEL, "--out", str(tmp_path / "b"), "--stop-after-steps", "16"], capsys)[0] == 0
+    assert run(["resume", str(tmp_path / "b")], capsys)[0] == 0
+    a, b = ((tmp_path / d / "metrics.jsonl").read_text() for d in "ab")
+    assert a == b
+    events = [json.loads(x) for x in a.splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "slim"] == [11]
+    from regrow.train import checkpoint as ckpt
+
+    ca, cb = (ckpt.load(tmp_path / d / "checkpoint.pt") for d in "ab")
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert (s["method"], s["method_class"], s["structure"]) == ("iee", "iee_channel", "channel")
+    st = s["structured"]
+    assert st["params"] < st["params_dense"] and st["macs"] < st["macs_dense"]
+    assert st["predicted"] <= st["budget"] * (1 + 1e-9) and st["budget"] == 0.5 * st["predicted_dense"]
+    for k in ("latency_ms", "latency_ms_dense", "throughput", "throughput_dense", "speedup"):
+        assert st[k] > 0, k
+    sb = json.loads((tmp_path / "b" / "summary.json").read_text())["structured"]
+    for k in ("macs", "macs_dense", "params", "params_dense", "predicted", "predicted_dense", "budget"):
+        assert sb[k] == st[k], k  # the resumed run reports the same structure
+    from regrow.train.models import build_model
+
+    dense = build_model("resnet20", (3, 8, 8), 4).state_dict()
+    assert sum(v.numel() for v in ca["model"].values()) < sum(v.numel() for v in dense.values())

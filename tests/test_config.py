@@ -83,6 +83,12 @@ def test_parse_opt_types_values():
     ({"method_options": {"density": 0.2}}, "set by the run itself; use the top-level option --density"),
     ({"synthetic": {"train_size": 8}}, "synthetic options only apply to data 'synthetic'"),
     ({"lr_gamma": 0.0}, r"lr_gamma must be in \(0, 1\]"),
+    ({"data_seed": -1}, "data_seed must be >= 0, got -1"),
+    ({"data_seed": 1.5}, "data_seed must be an integer"),
+    ({"pretrained_epochs": 2}, "pretrained_epochs needs pretrained"),
+    ({"pretrained_epochs": "many"}, "pretrained_epochs must be a number"),
+    ({"method": "iee", "method_options": {"latency_target": 0.5}},
+     r"unknown option 'latency_target' for method 'iee'.*\(with structure 'unstructured'\)"),
 ])
 def test_invalid_values_name_the_option(values, message):
     with pytest.raises(ValueError, match=message):
@@ -125,3 +131,13 @@ def test_every_shipped_recipe_is_valid(recipe):
     check_method_config(cfg)
     for m in (extra.get("compare") or {}).get("methods", [cfg.method]):
         C.method_fields(m)
+
+
+def test_method_options_are_those_of_the_structure_variant():
+    """--method iee --structure channel takes channel IEE's options (latency target, cost, slimming)."""
+    cfg = C.validate(C.build({"method": "iee", "structure": "channel", "method_options": {
+        "latency_target": 0.3, "cost": "flops", "slim_after": True, "H": 5}}))
+    assert cfg.method == "iee"
+    assert {"latency_target", "latency_ms", "cost", "latency_table", "slim_after"} <= set(
+        C.method_fields("iee", "channel"))
+    assert "latency_target" not in C.method_fields("iee")

@@ -491,3 +491,50 @@ def test_never_active_weights_explore_from_zero_or_their_initial_value(unused_in
         values = p.detach()[never[n]]
         expect = initial[n][never[n]] if unused_init == "weights" else torch.zeros_like(values)
         assert torch.equal(values, expect)
+
+
+# ---- evaluation scores Θ_K ------------------------------------------------------------
+def test_evaluation_mid_explore_scores_theta_k_and_restores_every_value():
+    model, opt, meth = make()
+    while meth.phase != "explore":
+        train(model, opt, meth, 1, start=meth.state.step + 1)
+    train(model, opt, meth, 1, start=meth.state.step + 1)  # Θ_P has trained one step
+    assert any((meth.params[n].detach()[~meth.state.masks[n]] != 0).any() for n in meth.names)
+    x, _ = batch(999)
+    only_k = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in only_k.named_parameters():
+            if n in meth.state.masks:
+                p.mul_(meth.state.masks[n])
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        live = model(x)
+        with meth.evaluation():
+            inside = model(x)
+    assert torch.equal(inside, only_k(x))
+    assert not torch.equal(live, inside)  # the explored weights do change the output
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), model.state_dict().values()))
+    # and training goes on exactly as without the evaluation
+    twin_m, twin_o, twin = make()
+    train(twin_m, twin_o, twin, meth.state.step)
+    train(model, opt, meth, 6, start=meth.state.step + 1)
+    train(twin_m, twin_o, twin, 6, start=twin.state.step + 1)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin_m.state_dict().values()))
+
+
+def test_evaluation_outside_explore_changes_nothing():
+    model, opt, meth = make()
+    train(model, opt, meth, 1)
+    assert meth.phase != "explore"
+    before = copy.deepcopy(model.state_dict())
+    with meth.evaluation():
+        assert all(torch.equal(a, b) for a, b in zip(before.values(), model.state_dict().values()))
+
+
+def test_channel_structure_resolves_to_the_channel_variant():
+    from regrow.methods.base import method_class
+
+    assert method_class("iee", "channel").name == "iee_channel"
+    assert method_class("iee", "unstructured").name == "iee"
+    assert method_class("iee", "nm").name == "iee"
+    assert method_class("rigl", "channel").name == "rigl"  # no variant: the method's own error later

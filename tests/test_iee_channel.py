@@ -107,3 +107,50 @@ def test_init_from_pretrained_keeps_largest_gamma():
 def test_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         make(**kw)
+
+
+def test_evaluation_mid_explore_scores_theta_k_including_bn_statistics():
+    m, opt, meth = make()
+    while meth.phase != "explore":
+        train(m, opt, meth, 1)
+    train(m, opt, meth, 1)  # the reactivated channels train and track statistics
+    only_k = copy.deepcopy(m)
+    sd = only_k.state_dict()
+    with torch.no_grad():
+        for n, mask in {**meth.state.masks, **meth._stat_masks}.items():
+            sd[n].mul_(mask)
+    only_k.eval()
+    before = copy.deepcopy(m.state_dict())
+    m.eval()
+    with torch.no_grad():
+        live = m(X)
+        with meth.evaluation():
+            inside = m(X)
+    m.train()
+    assert torch.equal(inside, only_k(X))
+    assert not torch.equal(live, inside)
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), m.state_dict().values()))
+
+
+def test_slim_after_the_last_update_then_train_on_the_smaller_network():
+    m, opt, meth = make(slim_after=True)
+    assert meth.replaces_parameters() and not make()[2].replaces_parameters()
+    dense_figures = meth.summary()
+    n_dense = sum(p.numel() for p in m.parameters())
+    steps = 0
+    while not meth.slimmed:
+        assert meth.state.counters["iee.cycles_done"] < meth.cycles
+        train(m, opt, meth, 1)
+        steps += 1
+    assert steps == meth.cycles * meth.config.update_interval - 1  # right after the last grow
+    assert any(r["event"] == "slim" for r in meth.pop_metrics())
+    assert sum(p.numel() for p in m.parameters()) < n_dense
+    assert all(c.all() for c in meth.channels.values())
+    assert all(any(q is p for g in opt.param_groups for q in g["params"]) for p in m.parameters())
+    train(m, opt, meth, 3)   # the rest of training runs on the smaller tensors
+    assert meth.stage(meth.state.step) == "train"
+    s = meth.summary(measure=True, repeats=2, reference=lambda: make()[0])
+    assert s["slimmed_in_training"] and s["macs_dense"] == dense_figures["macs_dense"]
+    assert s["params_dense"] == n_dense and s["params"] == sum(p.numel() for p in m.parameters())
+    assert s["macs"] < s["macs_dense"] and s["predicted"] <= s["budget"] * (1 + 1e-9)
+    assert s["latency_ms"] > 0 and s["latency_ms_dense"] > 0 and s["throughput"] > 0

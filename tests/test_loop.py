@@ -198,3 +198,96 @@ def test_channel_methods_get_the_sample_shape_from_the_data(tmp_path):
     assert s["steps"] == 12 and s["final_density"] < 1.0
     saved = ckpt.load(tmp_path / "run" / "checkpoint.pt")["method"]["config"]
     assert tuple(saved["input_shape"]) == (3, 8, 8)
+
+
+# ---- integration: evaluation, pretraining cost, data seed, structured runs ----------
+def _records(run, event):
+    return [json.loads(x) for x in lines(run) if json.loads(x)["event"] == event]
+
+
+def test_evaluation_mid_explore_scores_theta_k_and_leaves_training_alone(tmp_path):
+    """IEE H=2, J=2, Q=4: steps 4-7 are Reactivate & Explore, so epoch 1 (6 steps) ends in it."""
+    from regrow.train.data import load_dataset
+    from regrow.train.distributed import Context
+    from regrow.train.loop import evaluate
+    from regrow.train.models import build_model
+
+    kw = dict(method="iee", method_options={"H": 2, "J": 2, "Q": 4}, deterministic=True, epochs=3)
+    train(tiny(tmp_path, "every", eval_every=1, **kw))
+    train(tiny(tmp_path, "last", eval_every=3, **kw))
+    train(tiny(tmp_path, "cut", **kw), stop_after_steps=6)
+    a = ckpt.load(tmp_path / "every" / "checkpoint.pt")["model"]
+    b = ckpt.load(tmp_path / "last" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # evaluating changed nothing
+    assert _records(tmp_path / "every", "method") == _records(tmp_path / "last", "method")
+    # epoch 1's score is that of the model holding only Θ_K
+    cut = ckpt.load(tmp_path / "cut" / "checkpoint.pt")
+    assert cut["method"]["state"]["counters"]["iee.phase"] == "explore"
+    bundle = load_dataset("synthetic", None, seed=0, synthetic=TINY["synthetic"])
+    loader = torch.utils.data.DataLoader(bundle.test, batch_size=512)
+    ctx = Context(0, 1, 0, torch.device("cpu"))
+
+    def score(masked):
+        model = build_model("mlp", bundle.input_shape, bundle.num_classes, hidden=[16, 16])
+        masks = cut["method"]["state"]["masks"]
+        model.load_state_dict({k: v * masks[k] if masked and k in masks else v for k, v in cut["model"].items()})
+        return evaluate(model, loader, ctx, amp=False, channels_last=False, num_classes=4)
+
+    logged = _records(tmp_path / "every", "epoch")[0]
+    theta_k = score(masked=True)
+    assert logged["test_loss"] == pytest.approx(theta_k["test_loss"], rel=1e-6)
+    assert logged["test_acc"] == theta_k["test_acc"]
+    assert score(masked=False)["test_loss"] != pytest.approx(theta_k["test_loss"], rel=1e-6)
+
+
+def test_pretrained_runs_count_the_dense_pretraining_flops(tmp_path):
+    """IEE appendix §3: pruning from a pretrained model adds 3·ζ_D per pre-training sample."""
+    train(tiny(tmp_path, "dense", method="dense", method_options={}, epochs=1))  # 96 samples
+    src = str(tmp_path / "dense" / "checkpoint.pt")
+    base = train(tiny(tmp_path, "scratch", method="static", method_options={}, epochs=2))
+    s = train(tiny(tmp_path, "fine", method="static", method_options={}, epochs=2, pretrained=src))
+    flag = train(tiny(tmp_path, "flag", method="static", method_options={}, epochs=2, pretrained=src,
+                      pretrained_epochs=0.5))
+    zp, zd, samples = s["inference_flops"], s["dense_inference_flops"], 2 * 96
+    assert base["train_flops_relative"] == pytest.approx(zp / zd)
+    assert s["train_flops_relative"] == pytest.approx((zp * samples + zd * 96) / (zd * samples))
+    assert flag["train_flops_relative"] == pytest.approx((zp * samples + zd * 48) / (zd * samples))
+    # a plain state_dict carries no record: only the flag counts
+    plain = tmp_path / "plain.pt"
+    torch.save(ckpt.load(src)["model"], plain)
+    p = train(tiny(tmp_path, "plain", method="static", method_options={}, epochs=2, pretrained=str(plain)))
+    assert p["train_flops_relative"] == pytest.approx(zp / zd)
+
+
+def test_data_seed_is_fixed_across_training_seeds(tmp_path, monkeypatch):
+    import regrow.train.data as data
+
+    seen = []
+    real = data.load_dataset
+
+    def spy(name, root=None, seed=0, **kw):
+        seen.append(seed)
+        return real(name, root, seed=seed, **kw)
+
+    monkeypatch.setattr(data, "load_dataset", spy)
+    s3 = train(tiny(tmp_path, "s3", method="static", method_options={}, epochs=1, seed=3))
+    s5 = train(tiny(tmp_path, "s5", method="static", method_options={}, epochs=1, seed=5))
+    s7 = train(tiny(tmp_path, "d7", method="static", method_options={}, epochs=1, seed=3, data_seed=7))
+    assert seen == [0, 0, 7]
+    assert (s3["data_seed"], s5["data_seed"], s7["data_seed"]) == (0, 0, 7)
+    assert C.data_seed(C.build({"data": "mnist1d"})) == 42
+    assert C.data_seed(C.build({"data": "mnist1d", "data_seed": 1})) == 1
+
+
+def test_in_training_slimming_is_refused_under_ddp(tmp_path, monkeypatch):
+    from regrow.train import distributed as dist_utils
+    from regrow.train.distributed import Context
+
+    monkeypatch.setattr(dist_utils, "setup", lambda device: Context(0, 2, 0, torch.device("cpu")))
+    monkeypatch.setattr(dist_utils, "barrier", lambda ctx: None)
+    monkeypatch.setattr(dist_utils, "teardown", lambda ctx: None)
+    cfg = tiny(tmp_path, method="iee", structure="channel", model="resnet20", model_options={}, threads=1,
+               synthetic={"shape": [3, 8, 8], "num_classes": 4, "train_size": 96, "test_size": 32},
+               method_options={"cost": "flops", "H": 2, "J": 1, "Q": 1, "slim_after": True})
+    with pytest.raises(ValueError, match=r"slim_after \(--slim-after-updates\) cannot run under torchrun"):
+        train(cfg)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import regrow
-from regrow.optim import mask_gradients_, mask_parameters_, param_state_tensors, zero_optimizer_state_
+from regrow.optim import (byte_view, mask_gradients_, mask_parameters_, param_state_tensors,
+                          preserves_zeros, zero_optimizer_state_)
 
 B = torch.bool
 
@@ -126,3 +127,74 @@ def test_inactive_weights_zero_after_any_optimizer_step():
     m.step()
     assert torch.all(model.weight.detach()[~mask] == 0) and torch.all(model.weight.detach()[mask] != 0)
     assert torch.all(model.bias.detach() != 0)
+
+
+def test_masks_multiply_through_a_byte_view_with_bool_semantics():
+    # by hand: x·False = ±0.0 (sign kept, as with a bool or float mask), x·True = x
+    m = torch.tensor([False, True, False, True])
+    assert byte_view(m).dtype == torch.uint8 and byte_view(m).data_ptr() == m.data_ptr()
+    assert byte_view(byte_view(m)).dtype == torch.uint8 and byte_view(m).tolist() == [0, 1, 0, 1]
+    p = nn.Parameter(torch.tensor([-1.5, -2.0, 3.0, 4.0]))
+    p.grad = torch.tensor([-0.5, 0.25, 0.5, -1.0])
+    mask_gradients_([p], [m])
+    mask_parameters_([p], [m])
+    assert p.grad.tolist() == [0.0, 0.25, 0.0, -1.0] and p.tolist() == [0.0, -2.0, 0.0, 4.0]
+    assert torch.signbit(p.grad).tolist() == [True, False, False, True]
+    assert torch.signbit(p.detach()).tolist() == [True, True, False, False]
+
+
+class _SGDSub(torch.optim.SGD):
+    """Same update as SGD, but not the exact type: the base re-masks after its step."""
+
+
+class _AdamSub(torch.optim.Adam):
+    pass
+
+
+class _AdamWSub(torch.optim.AdamW):
+    pass
+
+
+@pytest.mark.parametrize("cls,sub,kw", [
+    (torch.optim.SGD, _SGDSub, dict(lr=0.3, momentum=0.9, weight_decay=0.1, nesterov=True)),
+    (torch.optim.SGD, _SGDSub, dict(lr=0.3, momentum=0.5, dampening=0.2, weight_decay=0.1, maximize=True)),
+    (torch.optim.SGD, _SGDSub, dict(lr=0.3)),
+    (torch.optim.Adam, _AdamSub, dict(lr=0.1, weight_decay=0.1, amsgrad=True)),
+    (torch.optim.AdamW, _AdamWSub, dict(lr=0.1, weight_decay=0.5)),
+], ids=["sgd-nesterov", "sgd-dampening-maximize", "sgd-plain", "adam-amsgrad", "adamw"])
+def test_skipping_the_parameter_mask_for_zero_preserving_optimizers_changes_no_bit(cls, sub, kw):
+    assert preserves_zeros(cls([nn.Parameter(torch.ones(1))], **kw))
+    assert not preserves_zeros(sub([nn.Parameter(torch.ones(1))], **kw))
+    runs = []
+    for opt_cls in (cls, sub):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+        opt = opt_cls(model.parameters(), **kw)
+        m = regrow.create("set", model, opt, density=0.4, distribution="uniform", total_steps=12,
+                          update_interval=3, alpha=0.5)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(12):
+            model(torch.randn(4, 6, generator=gen)).pow(2).sum().backward()
+            m.step()
+            opt.zero_grad()
+            for n, p in m.params.items():
+                assert torch.all(p.detach()[~m.state.masks[n]] == 0)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):  # bit for bit, signed zeros included
+        assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+
+
+def test_step_uses_masks_installed_after_earlier_steps():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    m = _static(model, opt)
+    model(torch.randn(3, 4)).sum().backward()
+    m.step()  # builds the step's cached operands
+    opt.zero_grad()
+    new = ~m.state.masks["weight"]
+    m.commit({"weight": new}, grow_init="keep")
+    model.weight.grad = torch.ones(2, 4)
+    m.step()
+    assert torch.equal(model.weight.grad, new.float())
+    assert torch.all(model.weight.detach()[~new] == 0)

@@ -2,7 +2,9 @@
 
 Values resolve as defaults < ``--config FILE.yaml`` < flags. Method options go
 through ``--opt key=value`` (repeatable, YAML-typed values) or the common flags
-``--update-interval``/``--alpha``/``--end-fraction``. Every value is checked before
+``--update-interval``/``--alpha``/``--end-fraction``, and for the channel methods
+``--latency-target``/``--latency-ms``/``--cost``/``--latency-table``/
+``--slim-after-updates``. Every value is checked before
 any training starts; a bad one exits with status 2 and a message naming it.
 
 Adding a subcommand from another module is a one-line edit of ``EXTERNAL``: name
@@ -39,6 +41,25 @@ COMMON_METHOD_FLAGS = {
     "update_interval": (int, "ΔT: optimizer steps between structure updates"),
     "alpha": (float, "initial update fraction α"),
     "end_fraction": (float, "stop structure updates at this fraction of training (T_end / T)"),
+}
+# Options of the channel (latency-constrained) methods, first-class flags:
+# flag name -> (method option, type, help); type bool is an on-switch.
+CHANNEL_METHOD_FLAGS = {
+    "latency_target": ("latency_target", float,
+                       "channel methods: latency target as a fraction of the dense model's, in (0, 1) "
+                       "(e.g. 0.5; of its MACs with --cost flops)"),
+    "latency_ms": ("latency_ms", float,
+                   "channel methods: latency target in absolute milliseconds on this device (instead of "
+                   "--latency-target; needs --cost latency)"),
+    "cost": ("cost", str, "channel methods: cost model, latency (a table measured on this device) | "
+                          "flops (MACs, device-independent)"),
+    "latency_table": ("latency_table", str,
+                      "channel methods: latency table FILE from 'regrow latency-table' (empty: measure "
+                      "the needed entries now)"),
+    "slim_after_updates": ("slim_after", bool,
+                           "channel methods (iee --structure channel, halp): once the structure stops "
+                           "changing, slim the model in place so the remaining epochs run on the smaller "
+                           "network (single process only)"),
 }
 # Run fields with their own handling (not a plain --flag VALUE).
 SPECIAL = ("method_options", "model_options", "synthetic", "out", "method", "density", "seed")
@@ -83,6 +104,13 @@ def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> Non
     for name, (kind, text) in COMMON_METHOD_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=S, dest=f"mopt_{name}",
                        metavar=name.upper(), help=f"method option: {text}")
+    for name, (_, kind, text) in CHANNEL_METHOD_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=S, dest=f"copt_{name}", help=text)
+        else:
+            p.add_argument(flag, type=kind, default=S, dest=f"copt_{name}",
+                           metavar="FILE" if name == "latency_table" else name.upper(), help=text)
     p.add_argument("--opt", action="append", default=S, metavar="KEY=VALUE",
                    help="method option, repeatable (e.g. --opt update_interval=50 --opt criterion=gradient)")
     p.add_argument("--model-opt", action="append", default=S, metavar="KEY=VALUE", dest="model_opt",
@@ -106,6 +134,9 @@ def flag_layer(args: argparse.Namespace) -> Dict[str, Any]:
     for name in COMMON_METHOD_FLAGS:
         if f"mopt_{name}" in ns:
             opts[name] = ns[f"mopt_{name}"]
+    for name, (option, _, _) in CHANNEL_METHOD_FLAGS.items():
+        if f"copt_{name}" in ns:
+            opts[option] = ns[f"copt_{name}"]
     if opts:
         layer["method_options"] = opts
     if ns.get("synthetic"):
@@ -208,7 +239,8 @@ def _split(text: Any, kind: Callable, option: str) -> List[Any]:
 COMPARE_KEYS = ("methods", "densities", "seeds", "options")
 
 
-def cell_options(methods: List[str], common: Dict[str, Any], per_method: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+def cell_options(methods: List[str], common: Dict[str, Any], per_method: Dict[str, Any],
+                 structure: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     """Method options of each method in the grid: the common ones its Config accepts
     (``--update-interval`` means nothing to dense) plus ``compare.options.<method>``."""
     if not isinstance(per_method, dict):
@@ -216,7 +248,7 @@ def cell_options(methods: List[str], common: Dict[str, Any], per_method: Dict[st
     stray = sorted(set(per_method) - set(methods))
     if stray:
         raise ValueError(f"compare.options names method(s) {stray} that are not in the grid {methods}")
-    accepted = {m: set(C.method_fields(m)) - set(C.HARNESS_METHOD_KEYS) for m in methods}
+    accepted = {m: set(C.method_fields(m, structure)) - set(C.HARNESS_METHOD_KEYS) for m in methods}
     for k in common:
         if not any(k in a for a in accepted.values()):
             raise ValueError(f"method option {k!r} is accepted by none of {methods}")
@@ -262,7 +294,8 @@ def _compare(args: argparse.Namespace) -> int:
     flags = flag_layer(args)
     common = {**C.coerce("method_options", file_values.pop("method_options", {}) or {}),
               **flags.pop("method_options", {})}
-    options = cell_options(methods, common, per_method)
+    structure = flags.get("structure", file_values.get("structure"))
+    options = cell_options(methods, common, per_method, structure)
     cells = []
     for method, density, seed in _cells(methods, densities, seeds):
         cell_out = out / f"{method}-d{density:g}-s{seed}"

@@ -2,7 +2,9 @@
 
 * Inactive entries are exactly 0.0 in the parameter after every optimizer step:
   their gradients are zeroed before the step and the parameters multiplied by the
-  mask after it (weight decay or momentum can then never revive a weight).
+  mask after it (weight decay or momentum can then never revive a weight). The
+  methods' step skips that second pass for exact SGD/Adam/AdamW
+  (:func:`preserves_zeros`), whose step provably leaves those entries at 0.0.
 * Pruned entries get zero optimizer state; grown entries start from zero state.
   This holds for any optimizer whose per-parameter state tensors have the
   parameter's shape (SGD momentum_buffer, Adam/AdamW exp_avg, exp_avg_sq,
@@ -10,6 +12,10 @@
 
 Masking in place with one batched ``torch._foreach_mul_`` keeps the sparse step as
 fast as the dense one (forward hooks or parametrizations cost 7–16% on LeNet-5).
+The bool masks are multiplied in through a ``uint8`` view of the same bytes: on CPU,
+float × bool takes a slow per-element casting path (≈ 0.5 ns/element, 20 µs per call
+for LeNet-300-100) while float × uint8 costs ≈ 0.2 ns/element (8 µs); the values
+(0/1) and the result, signed zeros included, are identical, and no memory is added.
 """
 from __future__ import annotations
 
@@ -18,16 +24,41 @@ from typing import Iterable, List, Sequence
 import torch
 
 
+def byte_view(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as ``uint8`` over the same storage (0/1), the fast multiplier on CPU."""
+    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+
+
 def mask_gradients_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
-    pairs = [(p.grad, m) for p, m in zip(params, masks) if p.grad is not None]
+    """``p.grad *= mask`` for every parameter that has a gradient (bool or uint8 masks)."""
+    grads = [p.grad for p in params]
+    if all(g is not None for g in grads):
+        torch._foreach_mul_(grads, [byte_view(m) for m in masks])
+        return
+    pairs = [(g, byte_view(m)) for g, m in zip(grads, masks) if g is not None]
     if pairs:
-        grads, ms = zip(*pairs)
-        torch._foreach_mul_(list(grads), list(ms))
+        gs, ms = zip(*pairs)
+        torch._foreach_mul_(list(gs), list(ms))
 
 
 def mask_parameters_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
+    """``p *= mask`` in place, outside autograd (bool or uint8 masks)."""
     with torch.no_grad():
-        torch._foreach_mul_(list(params), list(masks))
+        torch._foreach_mul_(list(params), [byte_view(m) for m in masks])
+
+
+# Exact types (a subclass may change ``step``) whose update of an entry that is 0.0 with
+# a zero gradient and zero state is exactly that entry unchanged: SGD (momentum,
+# dampening, Nesterov, L2 decay: every term is a multiple of the entry, its gradient
+# or its buffer), Adam/AdamW (moments stay 0, the update is 0/(√0 + ε); decoupled
+# decay scales 0). After a masked-gradient step their parameters need no re-masking.
+ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def preserves_zeros(optimizer: torch.optim.Optimizer) -> bool:
+    """True when ``optimizer.step()`` provably leaves inactive weights at 0.0 once their
+    gradients and optimizer state are zero (so masking the parameters after it is a no-op)."""
+    return type(optimizer) in ZERO_PRESERVING
 
 
 def param_state_tensors(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> List[torch.Tensor]:

@@ -17,6 +17,7 @@ Usage (DESIGN §1)::
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import fnmatch
 import math
@@ -29,7 +30,7 @@ from torch import nn
 from .. import metrics as mask_metrics
 from ..criteria import CRITERIA
 from ..distributions import DISTRIBUTIONS, check_density, layer_counts
-from ..optim import mask_gradients_, mask_parameters_, zero_optimizer_state_
+from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
 from ..schedules import FRACTION_SCHEDULES, update_fraction
 from ..state import SparseState, count_true, mask_checksum
@@ -156,6 +157,9 @@ class SparseMethod:
     needs_data: ClassVar[bool] = False
     keeps_dormant: ClassVar[bool] = False
     dynamic: ClassVar[bool] = False
+    # (structure, registered name) pairs: the class that runs this method with that
+    # structure (``iee`` with ``channel`` is ``iee_channel``); see :func:`method_class`
+    variants: ClassVar[Tuple[Tuple[str, str], ...]] = ()
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                  config: Any = None, **overrides: Any):
@@ -261,13 +265,30 @@ class SparseMethod:
                              f"torch.optim.Optimizer of the model to step() with it")
         step = self.state.step + 1
         self.before_step(step)
-        masks = [self.state.masks[n] for n in self.names]
-        params = [self.params[n] for n in self.names]
+        params, masks = self._step_operands()
         mask_gradients_(params, masks)
         self.optimizer.step()
-        mask_parameters_(params, masks)
+        # inactive weights and their state are 0 here (commit/apply_masks keep it so):
+        # SGD/Adam/AdamW leave them 0, any other optimizer gets masked again
+        if not preserves_zeros(self.optimizer):
+            mask_parameters_(params, masks)
         self.state.step = step
         self.after_step(step)
+
+    def _step_operands(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """The sparse parameters and ``uint8`` views of their masks, in ``names`` order.
+
+        Rebuilt only when a mask or parameter object is replaced (commit, load,
+        slimming): building the lists and views every step costs a few µs, noticeable
+        on small models."""
+        current, params = self.state.masks, self.params
+        cached = self.__dict__.get("_step_cache")
+        if cached is None or any(current[n] is not m or params[n] is not p
+                                 for n, m, p in zip(self.names, cached[2], cached[0])):
+            masks = [current[n] for n in self.names]
+            cached = ([params[n] for n in self.names], [byte_view(m) for m in masks], masks)
+            self._step_cache = cached
+        return cached[0], cached[1]
 
     def before_step(self, step: int) -> None:
         return None
@@ -384,6 +405,30 @@ class SparseMethod:
         """The active count each layer must hold right now (tests check it exactly)."""
         return dict(self.state.targets)
 
+    # ---- harness hooks (no-ops here) --------------------------------------------
+    @contextlib.contextmanager
+    def evaluation(self):
+        """Context for scoring the model: inside it the model computes the sparse model
+        the method stands for (IEE hides Θ_P during Reactivate & Explore); everything is
+        restored bit-identically on exit."""
+        yield
+
+    def prepare_model(self, sd: Dict[str, Any]) -> None:
+        """Before a checkpoint's model weights are loaded: reshape the fresh model the way
+        the checkpointed run had (channel methods that slimmed it). ``sd``: the method's
+        state_dict from the checkpoint."""
+        return None
+
+    def replaces_parameters(self) -> bool:
+        """Whether training will swap the model's Parameter objects (in-training
+        slimming), which a wrapper holding them (DDP) does not survive."""
+        return False
+
+    def summary(self, measure: bool = False, **kwargs: Any) -> Dict[str, Any]:
+        """Method-specific figures for ``summary.json`` (channel methods: latency,
+        throughput, FLOPs, parameters); empty by default."""
+        return {}
+
     # ---- persistence ------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         return {
@@ -409,6 +454,14 @@ class SparseMethod:
 
     def load_extra_state(self, extra: Dict[str, Any]) -> None:
         return None
+
+
+def method_class(name: str, structure: Optional[str] = None) -> type:
+    """The registered class that runs method ``name`` with ``structure``: the variant the
+    class declares for that structure in ``variants``, else the class itself."""
+    cls = METHODS.get(name)
+    variant = dict(cls.variants).get(structure)
+    return cls if variant is None else METHODS.get(variant)
 
 
 class DropGrowMethod(SparseMethod, abc.ABC):

@@ -47,11 +47,12 @@ Improvement), ``grow_init`` (``dormant`` = MRU | ``zero``), ``grow_by``
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -169,6 +170,7 @@ class IEE(SparseMethod):
     needs_total_steps = True
     keeps_dormant = True
     dynamic = True
+    variants = (("channel", "iee_channel"),)  # --method iee --structure channel
 
     def validate_config(self) -> None:
         cfg = self.config
@@ -246,6 +248,30 @@ class IEE(SparseMethod):
         if self.state.counters.get(PHASE) == "explore":
             return {n: torch.ones_like(m) for n, m in self.state.masks.items()}
         return self.state.masks
+
+    def _explored(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(tensor, Θ_K mask) pairs that hold explored values during Reactivate & Explore."""
+        return [(self.params[n], self.state.masks[n]) for n in self.names]
+
+    @contextlib.contextmanager
+    def evaluation(self):
+        """The model scores Θ_K only: during Reactivate & Explore the explored weights Θ_P
+        are live (they are not part of the sparse model), so they are zeroed for the
+        duration and their exact values restored afterwards."""
+        if self.state.counters.get(PHASE) != "explore":
+            yield
+            return
+        pairs = self._explored()
+        saved = [t.detach().clone() for t, _ in pairs]
+        with torch.no_grad():
+            for t, m in pairs:
+                t.mul_(m)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (t, _), v in zip(pairs, saved):
+                    t.copy_(v)
 
     def expected_counts(self) -> Dict[str, int]:
         """|Θ_K| per layer: target − Ω_t between Prune and Grow, the target otherwise."""

@@ -21,7 +21,7 @@ given (e.g. pretrained) and keeps the channels of largest Σ|γ| within Ψ.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -38,9 +38,12 @@ from .iee import (
 class ChannelIEEConfig(ChannelConfig, IEEConfig):
     """IEE's fields (H, J, Q, alpha, end_fraction, freeze, grow_init, init) plus the channel
     fields (input_shape, cost, latency_table, latency_target | latency_ms, ...). The
-    criterion is Taylor on BatchNorm."""
+    criterion is Taylor on BatchNorm. slim_after: once the last IEE step is done (the
+    structure stops changing) slim the model in place, so the remaining iterations run on
+    the physically smaller network (``--slim-after-updates``)."""
 
     criterion: str = "taylor"
+    slim_after: bool = False
 
 
 @METHODS.register("iee_channel")
@@ -56,6 +59,8 @@ class ChannelIEE(ChannelMethod, IEE):
             raise ValueError(f"criterion must be 'taylor' (Taylor on BatchNorm) for channel IEE, got {cfg.criterion!r}")
         if cfg.grow_by != "criterion":
             raise ValueError("grow_by must be 'criterion' for channel IEE (the knapsack grows by importance)")
+        if not isinstance(cfg.slim_after, bool):
+            raise ValueError(f"slim_after must be true or false, got {cfg.slim_after!r}")
 
     def __init__(self, *args, **kwargs):
         ChannelMethod.__init__(self, *args, **kwargs)
@@ -72,6 +77,22 @@ class ChannelIEE(ChannelMethod, IEE):
         self.state.counters.setdefault(PHASE, "exploit")
         self.state.counters.setdefault(CYCLES_DONE, 0)
         self._run_events(1)
+
+    def after_step(self, step: int) -> None:
+        super().after_step(step)
+        cfg = self.config
+        if (cfg.slim_after and not self.slimmed and self.state.counters[CYCLES_DONE] >= self.cycles
+                and self.phase == "exploit"):
+            self.slim_now()   # the structure is final: train the rest on the smaller network
+
+    def _rebuild_after_slim(self, kept, record) -> None:
+        super()._rebuild_after_slim(kept, record)
+        ids = {id(p) for p in self.params.values()}   # slimming replaced the Parameters
+        self._others = [p for p in self.model.parameters() if id(p) not in ids]
+
+    def _explored(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        # reactivated channels also track BN statistics during Reactivate & Explore
+        return super()._explored() + [(self.stats[n], m) for n, m in self._stat_masks.items()]
 
     # ---- start -----------------------------------------------------------------------
     def initial_channels(self) -> Dict[str, torch.Tensor]:

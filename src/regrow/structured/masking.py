@@ -344,23 +344,44 @@ class ChannelMethod(SparseMethod):
                 "channels_kept": sum(self.counts().values()),
                 "channels_total": sum(g.size for g in self.groups)}
 
-    def summary(self, measure: bool = False, batch_size: int = 1, repeats: int = 10) -> Dict[str, Any]:
+    def _dense_figures(self) -> Dict[str, float]:
+        full = {g.name: g.size for g in self.groups}
+        return {"macs_dense": count_macs(self.layers, self.graph.active(full)),
+                "params_dense": sum(p.numel() for p in self.model.parameters())}
+
+    def replaces_parameters(self) -> bool:
+        return bool(getattr(self.config, "slim_after", False))
+
+    def summary(self, measure: bool = False, batch_size: int = 1, repeats: int = 10,
+                reference: Optional[Any] = None) -> Dict[str, Any]:
         """Figures for ``summary.json``: predicted cost (dense and now), MACs and parameters
         of the dense and the slimmed model; with ``measure`` also latency (ms) and
-        throughput (images/s) of both on this device and the measured speedup."""
-        full = {g.name: g.size for g in self.groups}
-        act, act_dense = self.graph.active(self.counts()), self.graph.active(full)
+        throughput (images/s) of both on this device and the measured speedup.
+
+        Once the model was slimmed in place the dense figures are those recorded at the
+        slimming, and the dense latency is measured on ``reference()`` (a callable giving
+        a dense model of the same architecture; without it the dense latency is omitted)."""
+        counters = self.state.counters
+        if self.slimmed:
+            dense_figures = counters.get("slim_dense", {})
+            predicted = counters.get("slim_record", {}).get("predicted_cost")
+        else:
+            dense_figures, predicted = self._dense_figures(), self.predicted_cost()
         out: Dict[str, Any] = {
-            "cost_kind": self.config.cost, "predicted_dense": self.dense_cost,
-            "predicted": self.predicted_cost(), "budget": self.budget,
-            "macs_dense": count_macs(self.layers, act_dense), "macs": count_macs(self.layers, act),
-            "params_dense": sum(p.numel() for p in self.model.parameters()),
+            "cost_kind": self.config.cost, "predicted_dense": self.dense_cost, "predicted": predicted,
+            "budget": self.budget, **dense_figures,
+            "macs": count_macs(self.layers, self.graph.active(self.counts())),
+            "slimmed_in_training": self.slimmed,
         }
         slim, _ = slim_copy(self.model, self.groups, self.channels)
         out["params"] = sum(p.numel() for p in slim.parameters())
         if measure:
             x = torch.randn((batch_size,) + tuple(self.example.shape[1:]), device=self.example.device)
-            dense = measure_model(self.model, x, repeats=repeats)
+            dense_model = self.model if not self.slimmed else (reference() if reference is not None else None)
+            if dense_model is None:
+                out.update({"latency_ms": measure_model(slim, x, repeats=repeats)["latency_ms"]})
+                return out
+            dense = measure_model(dense_model, x, repeats=repeats)
             small = measure_model(slim, x, repeats=repeats)
             out.update({"latency_ms_dense": dense["latency_ms"], "latency_ms": small["latency_ms"],
                         "throughput_dense": dense["throughput_ips"], "throughput": small["throughput_ips"],
@@ -377,6 +398,7 @@ class ChannelMethod(SparseMethod):
         the smaller tensors); the structure is frozen from here on."""
         kept = kept_indices(self.model, self.groups, self.channels)
         record = self.structure_record()
+        self.state.counters["slim_dense"] = self._dense_figures()   # for summary() afterwards
         slim_(self.model, kept, self.optimizer)
         self._rebuild_after_slim(kept, record)
         self.log({"step": self.state.step, "event": "slim", **record})
@@ -387,7 +409,8 @@ class ChannelMethod(SparseMethod):
         counters["slim_record"] = record
         step = self.state.step
         self._build_structure()
-        channels = self.initial_channels()
+        # every channel of the slimmed model is kept (not the subclass's initial structure)
+        channels = ChannelMethod.initial_channels(self)
         masks, stats = self._derive(channels)
         dormant = {n: p.detach().clone() for n, p in self.params.items()} if self.keeps_dormant else {}
         self.state = SparseState(masks=masks, targets={n: int(m.sum()) for n, m in masks.items()},

@@ -16,7 +16,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -109,3 +109,17 @@ def load_model_weights(path: os.PathLike) -> Dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise ValueError(f"pretrained checkpoint {path} holds no model state_dict")
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+
+
+def pretrained_samples(path: os.PathLike) -> Optional[int]:
+    """Training samples behind a pretrained regrow run checkpoint (its FLOPs ledger's count,
+    else optimizer steps × global batch), or None when ``path`` is not a regrow checkpoint
+    (a plain state_dict carries no record of how it was trained)."""
+    try:
+        sd = load(path)
+    except ValueError:
+        return None
+    ledger = sd.get("ledger")
+    if isinstance(ledger, dict) and "samples" in ledger:
+        return int(ledger["samples"])
+    return int(sd["loop"].get("step", 0)) * int(sd["config"].get("batch_size", 0))

@@ -27,6 +27,10 @@ DEVICES = ("auto", "cpu", "cuda")
 HARNESS_METHOD_KEYS = ("density", "distribution", "structure", "total_steps", "seed")
 # Non-run sections a recipe may carry (read by ``regrow compare``).
 EXTRA_SECTIONS = ("compare",)
+# The seed a dataset is generated/split with when data_seed is empty (MNIST-1D's own
+# default is 42); others use 0. Fixed across training seeds, so a grid over seeds
+# varies only initialisation and data order.
+CANONICAL_DATA_SEEDS = {"mnist1d": 42}
 
 
 def _f(default: Any, help: str, **kw: Any):
@@ -49,7 +53,8 @@ class RunConfig:
     density: float = _f(0.1, "fraction of sparse weights kept, in (0, 1]")
     distribution: Optional[str] = _f(None, "per-layer density distribution: uniform | erk | global "
                                      "(empty: the method's default, erk for most, global for optg)")
-    structure: str = _f("unstructured", "sparsity structure: unstructured | nm | ...")
+    structure: str = _f("unstructured", "sparsity structure: unstructured | nm | channel (latency-constrained "
+                        "channel groups; e.g. --method iee --structure channel runs channel IEE)")
     epochs: int = _f(10, "training epochs")
     batch_size: int = _f(128, "global batch per optimizer step (split across ranks)")
     eval_batch_size: int = _f(512, "batch size for evaluation")
@@ -70,6 +75,10 @@ class RunConfig:
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
     compile: bool = _f(False, "torch.compile the model")
     seed: int = _f(0, "seed of model init, masks and data order")
+    data_seed: Optional[int] = _f(None, "seed of dataset generation and splits (mnist1d generation, digits "
+                                        "split, synthetic data), separate from --seed so a grid over seeds "
+                                        "keeps the data fixed (empty: the dataset's canonical seed, 42 for "
+                                        "mnist1d, 0 otherwise)")
     out: str = _f("runs/run", "run directory")
     log_every: int = _f(50, "log train metrics every this many optimizer steps")
     eval_every: int = _f(1, "evaluate on the test set every this many epochs")
@@ -79,6 +88,9 @@ class RunConfig:
                                       "small models on a shared machine")
     quiet: bool = _f(False, "no progress bar")
     pretrained: Optional[str] = _f(None, "dense checkpoint to start from (regrow checkpoint or state_dict)")
+    pretrained_epochs: Optional[float] = _f(None, "epochs of dense pre-training behind --pretrained, counted in "
+                                                  "train_flops_relative (empty: read from a regrow checkpoint, "
+                                                  "0 for a plain state_dict)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
 
     def to_dict(self) -> Dict[str, Any]:
@@ -116,7 +128,11 @@ def coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"{name} must be true or false, got {value!r}")
-    if isinstance(default, int) or name in ("image_size", "threads"):
+    if name == "pretrained_epochs":
+        if _is_num(value):
+            return float(value)
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(default, int) or name in ("image_size", "threads", "data_seed"):
         if _is_int(value):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -199,11 +215,17 @@ def _choice(name: str, value: Any, allowed) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
-def method_fields(method: str) -> Dict[str, Any]:
-    from ..methods import METHODS
+def method_fields(method: str, structure: Optional[str] = None) -> Dict[str, Any]:
+    """Config fields of the class that runs ``method`` with ``structure``."""
+    from ..methods.base import method_class
 
-    cls = METHODS.get(method)
+    cls = method_class(method, structure)
     return {f.name: f for f in dataclasses.fields(cls.Config)}
+
+
+def data_seed(cfg: RunConfig) -> int:
+    """The seed the dataset is generated/split with: ``data_seed`` or the canonical one."""
+    return cfg.data_seed if cfg.data_seed is not None else CANONICAL_DATA_SEEDS.get(cfg.data, 0)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -213,7 +235,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     from . import models as models_mod
 
     METHODS.get(cfg.method)  # unknown method -> "unknown method 'x'; allowed: ..."
-    allowed = method_fields(cfg.method)
+    allowed = method_fields(cfg.method, cfg.structure)
     for k in cfg.method_options:
         if k in HARNESS_METHOD_KEYS:
             raise ValueError(
@@ -222,7 +244,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             )
         if k not in allowed:
             options = sorted(set(allowed) - set(HARNESS_METHOD_KEYS))
-            raise ValueError(f"unknown option {k!r} for method '{cfg.method}'; allowed: {options}")
+            raise ValueError(f"unknown option {k!r} for method '{cfg.method}'; allowed: {options} "
+                             f"(with structure '{cfg.structure}')")
     if not cfg.model.startswith("tv:"):
         models_mod.MODELS.get(cfg.model)
     data_mod.DATASETS.get(cfg.data)
@@ -239,6 +262,13 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
     if cfg.num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.data_seed is not None and cfg.data_seed < 0:
+        raise ValueError(f"data_seed must be >= 0, got {cfg.data_seed}")
+    if cfg.pretrained_epochs is not None:
+        if cfg.pretrained_epochs < 0:
+            raise ValueError(f"pretrained_epochs must be >= 0, got {cfg.pretrained_epochs}")
+        if cfg.pretrained is None:
+            raise ValueError("pretrained_epochs needs pretrained (the checkpoint those epochs produced)")
     if cfg.threads is not None and cfg.threads <= 0:
         raise ValueError(f"threads must be a positive integer, got {cfg.threads}")
     if cfg.image_size is not None and cfg.image_size <= 0:

@@ -11,6 +11,15 @@ Exact resume: every source of randomness is either restored from the checkpoint
 (seed, epoch) (data order, data-loader worker seeds), and the steps of a partly
 finished epoch are skipped at the sampler, so on CPU in deterministic mode a
 resumed run ends with the same weights, masks and metrics as an uninterrupted one.
+A run whose method slimmed the model in place is resumed by letting the method reshape
+the fresh model first (``method.prepare_model``) before the weights are loaded.
+
+The method class is resolved from (method, structure) (:func:`method_class`: ``iee``
+with ``channel`` runs ``iee_channel``). Evaluation runs inside ``method.evaluation()``,
+so it scores the sparse model the method stands for (not IEE's explored weights), and
+``summary.json`` gets the method's own figures (``structured``: latency, throughput,
+MACs, parameters of channel methods) and the dense pre-training behind ``--pretrained``
+in ``train_flops_relative``.
 """
 from __future__ import annotations
 
@@ -30,11 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..methods import METHODS
-from ..methods.base import resolve_config
+from ..methods.base import method_class, resolve_config
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
-from .config import RunConfig, dump, validate
+from .config import RunConfig, data_seed, dump, validate
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -116,13 +124,13 @@ def method_options(cfg: RunConfig, total_steps: int, steps_per_epoch: int = 1,
         opts.setdefault("input_shape", tuple(input_shape))
     # N:M fixes its own density n/m; any other density would be an error there
     opts["density"] = None if cfg.structure == "nm" else cfg.density
-    fields = {f.name for f in dataclasses.fields(METHODS.get(cfg.method).Config)}
+    fields = {f.name for f in dataclasses.fields(method_class(cfg.method, cfg.structure).Config)}
     return {k: v for k, v in opts.items() if k in fields}
 
 
 def check_method_config(cfg: RunConfig) -> None:
     """Run the method's own config validation before any data or model is built."""
-    cls = METHODS.get(cfg.method)
+    cls = method_class(cfg.method, cfg.structure)
     if "input_shape" in {f.name for f in dataclasses.fields(cls.Config)} and "input_shape" not in cfg.method_options:
         return  # needs the dataset's sample shape: checked when the method is built
     probe = cls.__new__(cls)
@@ -152,7 +160,8 @@ class TensorBatches:
     def __iter__(self):
         x, y = self.tensors
         for idx in self.sampler.index_batches():
-            yield x[idx], y[idx]
+            # index_select: the same rows as x[idx] at half the cost of advanced indexing
+            yield x.index_select(0, idx), y.index_select(0, idx)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -225,6 +234,16 @@ def _ledger_class():
     return getattr(cost, "FlopsLedger", None)
 
 
+def pretrain_samples(cfg: RunConfig, train_size: int) -> int:
+    """Dense pre-training samples behind ``cfg.pretrained``: ``pretrained_epochs`` × the
+    training set when given, else what a regrow checkpoint records, else 0."""
+    if cfg.pretrained is None:
+        return 0
+    if cfg.pretrained_epochs is not None:
+        return int(round(cfg.pretrained_epochs * train_size))
+    return ckpt.pretrained_samples(cfg.pretrained) or 0
+
+
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse to start over an existing run unless asked (every rank checks, so all stop)."""
     if out.exists() and not out.is_dir():
@@ -282,7 +301,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         torch.set_num_threads(cfg.threads)
     set_deterministic(cfg.deterministic, ctx.device)
     seed_everything(cfg.seed)
-    bundle = load_dataset(cfg.data, cfg.data_root, seed=cfg.seed, augment=cfg.augment,
+    bundle = load_dataset(cfg.data, cfg.data_root, seed=data_seed(cfg), augment=cfg.augment,
                           image_size=cfg.image_size, synthetic=cfg.synthetic)
     try:
         model = build_model(cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options)
@@ -305,7 +324,13 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         world_size=ctx.world_size, grad_accum=cfg.grad_accum)
     spe = sampler.steps_per_epoch
     total_steps = cfg.epochs * spe
-    method = METHODS.get(cfg.method)(model, optimizer, **method_options(cfg, total_steps, spe, bundle.input_shape))
+    method_cls = method_class(cfg.method, cfg.structure)  # e.g. iee + channel -> iee_channel
+    method = method_cls(model, optimizer, **method_options(cfg, total_steps, spe, bundle.input_shape))
+    if ctx.distributed and method.replaces_parameters():
+        raise ValueError(
+            f"slim_after (--slim-after-updates) cannot run under torchrun (world size {ctx.world_size}): "
+            "slimming replaces the Parameters DistributedDataParallel holds; train on one process, or "
+            "slim afterwards with 'regrow export RUN_DIR --slim'")
     warmup = int(round(cfg.warmup_epochs * spe))
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
@@ -330,13 +355,18 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         shuffle=False, num_workers=cfg.num_workers, pin_memory=pin, generator=torch.Generator())
 
     Ledger = _ledger_class()
-    ledger = Ledger(model, method, bundle.input_shape) if Ledger is not None else None
+    ledger = None
+    if Ledger is not None:
+        # dense pre-training behind --pretrained (IEE appendix §3: 3·ζ_D per sample)
+        ledger = Ledger(model, method, bundle.input_shape,
+                        pretrain_samples=pretrain_samples(cfg, len(bundle.train)) if state is None else 0)
     loss_fn = loss_fn_for(cfg.label_smoothing)
 
     loop = {"step": 0, "epoch": 0, "epoch_step": 0, "metrics_lines": 0, "wall": 0.0,
             "window": [0.0, 0.0], "epoch_stats": [0.0, 0.0], "last_eval": {},
             "train_wall": 0.0, "train_cpu": 0.0}
     if state is not None:
+        method.prepare_model(state["method"])  # e.g. slim the fresh model like the checkpointed one
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -387,6 +417,10 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         bar = tqdm(total=total_steps, initial=step, disable=not show, dynamic_ncols=True,
                    desc=f"{cfg.method} d={cfg.density:g}", leave=False)
         model.train()
+        # built once, not per step: batches come from CPU tensors/loaders (moving them to
+        # the CPU is a no-op), and the contexts are reusable
+        move = ctx.device.type != "cpu"
+        amp_ctx, no_sync = _autocast(cfg.amp, ctx.device), contextlib.nullcontext()
         for epoch in range(loop["epoch"], cfg.epochs):
             skip = loop["epoch_step"] if epoch == loop["epoch"] else 0
             sampler.set_epoch(epoch, skip_steps=skip)
@@ -397,24 +431,23 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             # time spent in training steps only (no evaluation/checkpoints): throughput
             w0, c0 = time.perf_counter(), time.process_time()
             for x, y in train_loader:
-                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                if move:
+                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 if cfg.channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 micro += 1
                 last_micro = micro % cfg.grad_accum == 0
-                sync = contextlib.nullcontext()
-                if ctx.distributed and not last_micro:
-                    sync = net.no_sync()
+                sync = net.no_sync() if ctx.distributed and not last_micro else no_sync
                 with sync:
-                    with _autocast(cfg.amp, ctx.device):
+                    with amp_ctx:
                         logits = fnet(x)
                         loss = F.cross_entropy(logits.float() if cfg.amp else logits, y,
                                                label_smoothing=cfg.label_smoothing)
                     # the mean over micro-batches (no extra autograd node without accumulation)
                     (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
-                lv = loss.item()
-                step_loss += lv * y.numel()
-                step_seen += y.numel()
+                n_y = y.numel()
+                step_loss += loss.item() * n_y
+                step_seen += n_y
                 if not last_micro:
                     continue
                 bad = not math.isfinite(step_loss)
@@ -455,7 +488,8 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                     writer.write(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['batch_acc']:.3f}", refresh=False)
                     loop["window"] = window = [0.0, 0.0]
-                bar.update(1)
+                if show:
+                    bar.update(1)
                 loop["step"] = step
                 loop["metrics_lines"] = writer.lines
                 if stop_after_steps is not None and step >= stop_after_steps:
@@ -473,8 +507,9 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                    "density": method.density()}
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 # the bare model: DDP's forward would sync buffers over uneven eval shards
-                ev = evaluate(model, test_loader, ctx, amp=cfg.amp, channels_last=cfg.channels_last,
-                              num_classes=bundle.num_classes)
+                with method.evaluation():  # the sparse model the method stands for (IEE: Θ_K only)
+                    ev = evaluate(model, test_loader, ctx, amp=cfg.amp, channels_last=cfg.channels_last,
+                                  num_classes=bundle.num_classes)
                 rec.update(ev)
                 loop["last_eval"] = ev
             if ctx.distributed:
@@ -508,7 +543,15 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         "train_step_seconds": loop["train_wall"], "train_step_cpu_seconds": loop["train_cpu"],
         "steps_per_second": step / loop["train_wall"] if loop["train_wall"] > 0 else None,
         "mask_checksums": checksums, "regrow_version": __version__, "torch_version": torch.__version__,
+        "data_seed": data_seed(cfg), "method_class": method.name,
     }
+    if ctx.is_main:
+        # channel methods: predicted vs measured latency, throughput, MACs, parameters
+        # (a fresh dense model is the reference once the trained one was slimmed in place)
+        figures = method.summary(measure=True, reference=lambda: build_model(
+            cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options).to(ctx.device))
+        if figures:
+            summary["structured"] = figures
     if ledger is not None:
         summary["train_flops_relative"] = float(ledger.relative)
         summary["inference_flops"] = float(ledger.inference_flops())

@@ -1,0 +1,130 @@
+"""Structured quality (issue 6): channel IEE from scratch vs HALP from a dense checkpoint.
+
+For every seed: one dense run (``--dense-epochs``) whose checkpoint HALP starts from;
+per latency target, HALP prunes it step by step (``--halp-prune-steps`` ×
+``--halp-prune-interval`` optimizer steps) and fine-tunes for ``--finetune-epochs`` in
+all, and channel IEE trains from a random structure meeting the budget for
+``--iee-epochs`` (by default dense + fine-tune epochs, so both see as many samples).
+Every run is a ``regrow train``; finished runs are kept, ``--report-only`` prints the
+table from what exists. Training FLOPs: the ledger's ``train_flops_relative`` (HALP's
+includes its dense pre-training, read from the checkpoint, over dense training of the
+fine-tuning samples only); the last column puts every run over dense training of
+``dense_epochs + finetune_epochs`` epochs (IEE's run length by default).
+
+    .venv/bin/python benchmarks/bench_structured_quality.py --model resnet20 --data fashion-mnist \\
+        --seeds 0 --targets 0.5,0.3 --cost flops --threads 1 --out runs/f3/structured
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+
+def train(out: Path, args, extra: List[str], *opts: str) -> None:
+    if (out / "summary.json").exists():
+        return
+    cmd = [sys.executable, "-m", "regrow", "train", "--model", args.model, "--data", args.data,
+           "--batch-size", str(args.batch_size), "--optimizer", "sgd", "--lr", str(args.lr), "--momentum", "0.9",
+           "--weight-decay", "5e-4", "--schedule", "cosine", "--device", args.device, "--quiet",
+           "--threads", str(args.threads), "--eval-every", "1000", "--log-every", "10000", "--out", str(out),
+           *opts, *extra]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def summary(run: Path) -> Dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def ms(xs: List[float], scale: float = 1.0, digits: int = 2) -> str:
+    if not xs:
+        return "—"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/bench_structured_quality")
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--targets", default="0.5,0.3", help="latency targets, fractions of the dense cost")
+    ap.add_argument("--cost", default="flops", help="latency | flops")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--dense-epochs", type=int, default=1)
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--iee-epochs", type=int, default=None, help="default: dense + fine-tune epochs")
+    ap.add_argument("--halp-prune-steps", type=int, default=10)
+    ap.add_argument("--halp-prune-interval", type=int, default=30)
+    ap.add_argument("--hjq", type=int, default=25, help="channel IEE's H = J = Q")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", default="all", choices=("all", "halp", "iee"),
+                    help="run only HALP (with its dense runs) or only IEE, e.g. in two processes")
+    ap.add_argument("--report-only", action="store_true")
+    args, extra = ap.parse_known_args()
+    iee_epochs = args.iee_epochs or args.dense_epochs + args.finetune_epochs
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    targets = [float(t) for t in args.targets.split(",") if t]
+    for t in targets:
+        if not 0 < t < 1:
+            raise SystemExit(f"--targets: each target must be in (0, 1), got {t}")
+    if not args.report_only:
+        for seed in seeds:
+            dense = out / f"dense-s{seed}"
+            if args.only != "iee":
+                train(dense, args, extra, "--method", "dense", "--epochs", str(args.dense_epochs),
+                      "--seed", str(seed))
+            for t in targets:
+                common = ["--structure", "channel", "--latency-target", str(t), "--cost", args.cost,
+                          "--seed", str(seed)]
+                if args.only != "iee":
+                    train(out / f"halp-t{t:g}-s{seed}", args, extra, "--method", "halp", *common,
+                          "--pretrained", str(dense / "checkpoint.pt"), "--epochs", str(args.finetune_epochs),
+                          "--opt", f"prune_steps={args.halp_prune_steps}",
+                          "--opt", f"prune_interval={args.halp_prune_interval}")
+                if args.only != "halp":
+                    train(out / f"iee-t{t:g}-s{seed}", args, extra, "--method", "iee", *common,
+                          "--epochs", str(iee_epochs), "--opt", f"H={args.hjq}", "--opt", f"J={args.hjq}",
+                          "--opt", f"Q={args.hjq}")
+    print(f"\n### {args.model} on {args.data}: channel IEE from scratch ({iee_epochs} epochs, H = J = Q = "
+          f"{args.hjq}) vs HALP ({args.dense_epochs} dense + {args.finetune_epochs} epochs pruning "
+          f"{args.halp_prune_steps} × {args.halp_prune_interval} steps and fine-tuning), cost {args.cost}\n")
+    print("| method | target | seeds | test top-1 (%) | predicted cost (× dense) | MACs (× dense) "
+          "| measured latency ms (dense → slim, batch 1) | speedup | train FLOPs (ledger) "
+          f"| train FLOPs (× dense training of {args.dense_epochs + args.finetune_epochs} epochs) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    dense_runs = [summary(out / f"dense-s{s}") for s in seeds if (out / f"dense-s{s}" / "summary.json").exists()]
+    if dense_runs:
+        print(f"| dense ({args.dense_epochs} ep) | 1 | {len(dense_runs)} | "
+              f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | — |")
+    for t in targets:
+        for m in ("halp", "iee"):
+            runs = [summary(out / f"{m}-t{t:g}-s{s}") for s in seeds
+                    if (out / f"{m}-t{t:g}-s{s}" / "summary.json").exists()]
+            if not runs:
+                continue
+            st = [r.get("structured", {}) for r in runs]
+            pred = [x["predicted"] / x["predicted_dense"] for x in st if "predicted" in x]
+            macs = [x["macs"] / x["macs_dense"] for x in st if "macs" in x]
+            lat_d = [x["latency_ms_dense"] for x in st if "latency_ms_dense" in x]
+            lat = [x["latency_ms"] for x in st if "latency_ms" in x]
+            sp = [x["speedup"] for x in st if "speedup" in x]
+            own = statistics.mean(r["train_flops_relative"] for r in runs)
+            run_epochs = args.finetune_epochs if m == "halp" else iee_epochs
+            same = own * run_epochs / (args.dense_epochs + args.finetune_epochs)
+            print(f"| {m} | {t:g} | {len(runs)} | {ms([r['test_top1'] for r in runs], 100)} | "
+                  f"{ms(pred, 1, 3)} | {ms(macs, 1, 3)} | {ms(lat_d)} → {ms(lat)} | {ms(sp)} | {own:.3f} | "
+                  f"{same:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
