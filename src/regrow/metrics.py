@@ -44,30 +44,23 @@ def start_tracking(state: SparseState) -> None:
 def record_update(
     state: SparseState, before: Masks, after_prune: Optional[Masks], after_grow: Masks
 ) -> Dict[str, float]:
-    """Update the tracker with one structure update and return its metrics."""
-    out: Dict[str, float] = {}
+    """Update the tracker with one structure update (prune and grow at the same step,
+    or only a new mask when ``after_prune`` is None) and return its metrics."""
+    if after_prune is None:
+        return _record_new_mask(state, before, after_grow)
+    out = record_prune(state, before, after_prune)
+    out.update(record_grow(state, before, after_prune, after_grow))
+    return out
+
+
+def _record_new_mask(state: SparseState, before: Masks, after_grow: Masks) -> Dict[str, float]:
+    """Exploration degree and IoU with ``before`` of a newly installed mask."""
     if EVER not in state.buffers:
         start_tracking(state)
     ever = state.buffers[EVER]
     for k, m in after_grow.items():
         ever[k] |= m
-    out["exploration_degree"] = exploration_degree(state)
-    out["iou_grow"] = mask_iou(after_grow, before)
-    if after_prune is not None:
-        prev = state.buffers.get(PREV_PRUNE)
-        if prev:
-            out["iou_prune"] = mask_iou(after_prune, prev)
-        last = state.buffers.get(LAST_GROWN)
-        if last:
-            n_grown = sum(count_true(g) for g in last.values())
-            if n_grown:
-                alive = sum(count_true(last[k] & after_prune[k]) for k in last)
-                out["survival_rate"] = alive / n_grown
-        state.buffers[PREV_PRUNE] = {k: m.clone() for k, m in after_prune.items()}
-        state.buffers[LAST_GROWN] = {k: after_grow[k] & ~after_prune[k] for k in after_grow}
-        out["n_pruned"] = sum(count_true(before[k] & ~after_prune[k]) for k in before)
-        out["n_grown"] = sum(count_true(g) for g in state.buffers[LAST_GROWN].values())
-    return out
+    return {"exploration_degree": exploration_degree(state), "iou_grow": mask_iou(after_grow, before)}
 
 
 # ---- prune and grow recorded separately (IEE prunes and grows ΔT − H steps apart) ----
@@ -98,14 +91,7 @@ def record_grow(
 ) -> Dict[str, float]:
     """The grow half of an update: IoU of the after-grow mask with ``before`` (the mask
     before this update's prune), exploration degree, grown count."""
-    out: Dict[str, float] = {}
-    if EVER not in state.buffers:
-        start_tracking(state)
-    ever = state.buffers[EVER]
-    for k, m in after_grow.items():
-        ever[k] |= m
-    out["exploration_degree"] = exploration_degree(state)
-    out["iou_grow"] = mask_iou(after_grow, before)
+    out = _record_new_mask(state, before, after_grow)
     state.buffers[LAST_GROWN] = {k: after_grow[k] & ~after_prune[k] for k in after_grow}
     out["n_grown"] = sum(count_true(g) for g in state.buffers[LAST_GROWN].values())
     return out
