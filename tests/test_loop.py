@@ -250,6 +250,7 @@ def test_pretrained_runs_count_the_dense_pretraining_flops(tmp_path):
                       pretrained_epochs=0.5))
     zp, zd, samples = s["inference_flops"], s["dense_inference_flops"], 2 * 96
     assert base["train_flops_relative"] == pytest.approx(zp / zd)
+    assert base["train_flops_executed_relative"] == pytest.approx(1.0)  # masked dense kernels
     assert s["train_flops_relative"] == pytest.approx((zp * samples + zd * 96) / (zd * samples))
     assert flag["train_flops_relative"] == pytest.approx((zp * samples + zd * 48) / (zd * samples))
     # a plain state_dict carries no record: only the flag counts
