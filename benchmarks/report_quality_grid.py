@@ -108,6 +108,9 @@ def main() -> None:
               f"survival (mean over seeds {seeds}) IEE > RigL at {above}/{n} updates, equal at {ties} "
               f"({per_seed}/{n * len(seeds)} seed-updates); IEE {statistics.mean(mi) if mi else float('nan'):.3f} "
               f"vs RigL {statistics.mean(mr) if mr else float('nan'):.3f} on average")
+        below = [u + 1 for u in range(n) if mi[u] < mr[u]]
+        if below:
+            print(f"  - IEE below RigL at updates {below}")
         if n:
             print(f"  - IEE  by update: {' '.join(f'{x:.2f}' for x in mi)}")
             print(f"  - RigL by update: {' '.join(f'{x:.2f}' for x in mr)}")
