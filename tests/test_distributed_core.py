@@ -16,6 +16,11 @@ import regrow
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 
 
+# every method whose mask decisions depend on gradients, weights or random draws
+METHODS = (("set", {"update_interval": 3}), ("rigl", {"update_interval": 3}),
+           ("dst_ee", {"update_interval": 3}), ("optg", {"epoch_steps": 3}))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -33,11 +38,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = {}
-        for name in ("set", "rigl"):
+        for name, extra in METHODS:
             torch.manual_seed(rank)  # different initial weights on purpose: DDP broadcasts rank 0's
             model = torch.nn.parallel.DistributedDataParallel(TinyNet())
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            method = regrow.create(name, model, opt, density=0.2, total_steps=16, update_interval=3, seed=11)
+            method = regrow.create(name, model, opt, density=0.2, total_steps=16, seed=11, **extra)
             first = regrow.mask_checksum(method.state.masks)
             sums = []
             for step in range(1, 13):
@@ -71,7 +76,7 @@ def test_two_rank_gloo_masks_identical(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
-    for name in ("set", "rigl"):
+    for name, _ in METHODS:
         assert r0[name]["sums"] == r1[name]["sums"], name  # identical after every step
         assert r0[name]["weights"] == r1[name]["weights"], name
         assert len(set(r0[name]["sums"])) > 1, f"{name}: the masks never changed"
