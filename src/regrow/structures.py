@@ -60,6 +60,22 @@ def _exact(v: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     return torch.cat([_flatnonzero(strict), ties])
 
 
+def _survivors(v: torch.Tensor, sample: torch.Tensor, p: float, largest: bool) -> torch.Tensor:
+    """Positions of ``v`` on the winning side of a threshold read off ``sample`` (cleaned
+    candidate values), placed so that with high probability more than a fraction ``p`` of
+    the candidates survive (a margin of 10% plus four binomial standard deviations)."""
+    s = sample.numel()
+    r = min(s, int(math.ceil(p * s * 1.1 + 4.0 * math.sqrt(p * s) + 8)))
+    t = torch.kthvalue(sample, s - r + 1 if largest else r).values
+    if largest:
+        keep = v >= t
+        if bool(t == NEG_INF):  # NaN ties with -inf then
+            keep |= torch.isnan(v)
+    else:
+        keep = (v > t).logical_not_()  # v <= t, and NaN (ranked as -inf) too
+    return _flatnonzero(keep)
+
+
 def _select(v: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     """Positions of the k largest (or smallest) entries of the 1-D ``v``, NaN ranked as
     -inf, ties by lowest index.
@@ -72,18 +88,7 @@ def _select(v: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     n = v.numel()
     if 0 < k <= n // 2 and n >= _PREFILTER_MIN:
         stride = max(1, n // _SAMPLE)
-        sample = _clean(v[::stride])
-        s = sample.numel()
-        p = k / n
-        r = min(s, int(math.ceil(p * s * 1.1 + 4.0 * math.sqrt(p * s) + 8)))
-        t = torch.kthvalue(sample, s - r + 1 if largest else r).values
-        if largest:
-            keep = v >= t
-            if bool(t == NEG_INF):  # NaN ties with -inf then
-                keep |= torch.isnan(v)
-        else:
-            keep = (v > t).logical_not_()  # v <= t, and NaN (ranked as -inf) too
-        idx = _flatnonzero(keep)
+        idx = _survivors(v, _clean(v[::stride]), k / n, largest)
         if idx.numel() >= k:
             return idx[_exact(_clean(v[idx]), k, largest)]
     return _exact(_clean(v), k, largest)
@@ -137,20 +142,10 @@ def _among(scores: torch.Tensor, mask: torch.Tensor, k: int, largest: bool, inac
     stride = max(1, n // _SAMPLE)
     sub, sub_m = flat[::stride], m[::stride]
     sample = _clean(sub[_flatnonzero(~sub_m if inactive else sub_m)])
-    s_n = sample.numel()
-    if s_n > 0:
+    if sample.numel() > 0:
         # Threshold from the sampled candidates, applied to the whole tensor; the few
         # survivors that are not candidates are dropped afterwards (no gather of all of them).
-        p = k / n_cand
-        r = min(s_n, int(math.ceil(p * s_n * 1.1 + 4.0 * math.sqrt(p * s_n) + 8)))
-        t = torch.kthvalue(sample, s_n - r + 1 if largest else r).values
-        if largest:
-            keep = flat >= t
-            if bool(t == NEG_INF):  # NaN ties with -inf then
-                keep |= torch.isnan(flat)
-        else:
-            keep = (flat > t).logical_not_()  # flat <= t, and NaN (ranked as -inf) too
-        idx = _flatnonzero(keep)
+        idx = _survivors(flat, sample, k / n_cand, largest)
         idx = idx[~m[idx]] if inactive else idx[m[idx]]
         if idx.numel() >= k:
             return idx[_exact(_clean(flat[idx]), k, largest)]
