@@ -10,7 +10,7 @@ import torch
 
 from regrow.train import checkpoint as ckpt
 from regrow.train import config as C
-from regrow.train.loop import NonFiniteLoss, lr_factor, param_groups, train
+from regrow.train.loop import NonFiniteLoss, StepSchedule, lr_factor, param_groups, train
 
 TINY = {
     "model": "mlp", "model_options": {"hidden": [16, 16]}, "data": "synthetic",
@@ -31,6 +31,29 @@ def lines(run):
 
 
 # ---- pure pieces ----------------------------------------------------------------
+def test_step_schedule_sets_the_lambda_lr_values_and_survives_optimizer_reload():
+    def factor(t):
+        return lr_factor(t, schedule="warmup-cosine", total_steps=12, warmup_steps=3, step_size=1, gamma=1.0)
+
+    def make():
+        a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        return torch.optim.SGD([{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.5}], lr=0.1)
+
+    ours, ref = make(), make()
+    sched, lam = StepSchedule(ours, factor), torch.optim.lr_scheduler.LambdaLR(ref, factor)
+    for step in range(12):
+        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in ref.param_groups], step
+        ref.step()
+        lam.step()
+        sched.set(step + 1)
+    # resume: a fresh optimizer + the saved state keeps the base LRs (``initial_lr``)
+    again = make()
+    resumed = StepSchedule(again, factor)
+    again.load_state_dict(ours.state_dict())
+    resumed.set(7)
+    assert [g["lr"] for g in again.param_groups] == [0.1 * factor(7), 0.5 * factor(7)]
+
+
 def test_lr_factor_golden_values():
     kw = dict(total_steps=10, warmup_steps=0, step_size=3, gamma=0.2)
     assert lr_factor(0, schedule="cosine", **kw) == 1.0

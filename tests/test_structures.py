@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from regrow import structures
 from regrow.structures import (
     NM, Unstructured, bottomk_mask, global_grow, global_prune, global_topk, grow_highest,
-    make_structure, prune_lowest, topk_mask,
+    kth_smallest, make_structure, prune_lowest, topk_mask,
 )
 
 NAN, INF = float("nan"), float("inf")
@@ -146,6 +146,19 @@ def test_large_tensor_prefilter_matches_reference_and_falls_back():
 
 
 # ---- properties -------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), vals=st.lists(st.one_of(st.sampled_from([0.0, 1.0, INF, -INF]), st.floats(width=32, allow_nan=False)),
+                                     min_size=1, max_size=50),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+def test_kth_smallest_equals_torch_kthvalue(data, vals, dtype):
+    v = torch.tensor(vals, dtype=torch.float32).to(dtype)  # bfloat16: the torch fallback
+    k = data.draw(st.integers(1, len(vals)))
+    got = kth_smallest(v, k)
+    assert isinstance(got, float)
+    assert got == float(torch.kthvalue(v.float(), k).values)
+    assert got == float(torch.sort(v.double()).values[k - 1])
+
+
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "prefilter"])
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), vals=st.lists(VALUES, min_size=1, max_size=40))

@@ -47,10 +47,23 @@ def _count(b: torch.Tensor) -> int:
     return count_true(b)
 
 
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
+
+
+def kth_smallest(v: torch.Tensor, k: int) -> float:
+    """The ``k``-th smallest value (1-based, as ``torch.kthvalue``) of the 1-D NaN-free ``v``.
+
+    On CPU numpy's introselect is used: ``torch.kthvalue`` there costs 8x at 27k entries
+    and 17x at 100k (it dominates a structure update), the value is the same."""
+    if v.device.type == "cpu" and v.dtype in _NUMPY_FLOATS:
+        return float(np.partition(v.detach().numpy(), k - 1)[k - 1])
+    return float(torch.kthvalue(v, k).values)
+
+
 def _exact(v: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     """Positions of the k best entries of the 1-D NaN-free ``v``; ties: lowest index."""
     n = v.numel()
-    thr = torch.kthvalue(v, n - k + 1 if largest else k).values
+    thr = kth_smallest(v, n - k + 1 if largest else k)
     inclusive = v >= thr if largest else v <= thr
     if _count(inclusive) == k:  # no tie straddles the cut (the usual case): one pass
         return _flatnonzero(inclusive)
@@ -66,10 +79,10 @@ def _survivors(v: torch.Tensor, sample: torch.Tensor, p: float, largest: bool) -
     the candidates survive (a margin of 10% plus four binomial standard deviations)."""
     s = sample.numel()
     r = min(s, int(math.ceil(p * s * 1.1 + 4.0 * math.sqrt(p * s) + 8)))
-    t = torch.kthvalue(sample, s - r + 1 if largest else r).values
+    t = kth_smallest(sample, s - r + 1 if largest else r)
     if largest:
         keep = v >= t
-        if bool(t == NEG_INF):  # NaN ties with -inf then
+        if t == NEG_INF:  # NaN ties with -inf then
             keep |= torch.isnan(v)
     else:
         keep = (v > t).logical_not_()  # v <= t, and NaN (ranked as -inf) too

@@ -61,6 +61,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..schedules import sigmoid_mask_lr, sigmoid_ramp, sigmoid_sparsity
+from ..structures import kth_smallest
 from .base import METHODS, SparseMethod, SparsityConfig
 
 SCORES = "optg.scores"
@@ -92,7 +93,7 @@ def topk_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -
         return torch.zeros(n, dtype=torch.bool, device=flat.device)
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=flat.device)
-    thr = torch.kthvalue(flat, n - k + 1).values
+    thr = kth_smallest(flat, n - k + 1)
     keep = flat > thr
     need = k - int(torch.count_nonzero(keep))
     if need > 0:

@@ -2,7 +2,7 @@
 
 One optimizer step = ``grad_accum`` micro-batches forward/backward, then
 ``method.step()`` (masked optimizer step + structure updates), then
-``optimizer.zero_grad(set_to_none=True)``, then the LR scheduler step. The run
+``optimizer.zero_grad(set_to_none=True)``, then the next step's LR (a pure function of the step). The run
 directory gets ``config.yaml``, ``metrics.jsonl``, ``summary.json``,
 ``checkpoint.pt`` and ``plots/`` (see :mod:`regrow.report`).
 
@@ -74,6 +74,26 @@ def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int,
     if schedule == "step":
         return gamma ** (step // step_size)
     return 1.0
+
+
+class StepSchedule:
+    """Sets every param group's LR to its base LR × ``factor(step)`` for the next
+    optimizer step. Nothing to checkpoint: the LR is a pure function of the step (and
+    setting it directly costs a tenth of ``LambdaLR.step``, which shows on small models).
+    The base LR is kept in the group as ``initial_lr`` (torch's convention), so it
+    travels with the optimizer's state_dict."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float]):
+        self.optimizer = optimizer  # not its group list: load_state_dict replaces that
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.factor = factor
+        self.set(0)
+
+    def set(self, step: int) -> None:
+        f = self.factor(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
 
 
 def seed_everything(seed: int) -> None:
@@ -332,7 +352,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             "slimming replaces the Parameters DistributedDataParallel holds; train on one process, or "
             "slim afterwards with 'regrow export RUN_DIR --slim'")
     warmup = int(round(cfg.warmup_epochs * spe))
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+    sched = StepSchedule(optimizer, lambda s: lr_factor(
         s, schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
         step_size=cfg.lr_step_size, gamma=cfg.lr_gamma))
 
@@ -369,7 +389,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         method.prepare_model(state["method"])  # e.g. slim the fresh model like the checkpointed one
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        sched.set(state["loop"]["step"])  # the LR is a function of the step alone
         method.pop_metrics()  # records of the fresh construction the checkpoint replaces
         method.load_state_dict(state["method"])
         if ledger is not None and state.get("ledger") is not None:
@@ -403,7 +423,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         loop["wall"] = loop["wall_base"] + time.perf_counter() - t0
         ckpt.save(out / CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": sched.state_dict(), "method": method.state_dict(),
+            "method": method.state_dict(),
             "ledger": ledger.state_dict() if ledger is not None else None,
             "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
             "config": cfg.to_dict(), "regrow_version": __version__,
@@ -460,7 +480,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 lr = optimizer.param_groups[0]["lr"]
                 method.step()
                 optimizer.zero_grad(set_to_none=True)
-                sched.step()
+                sched.set(step + 1)
                 step += 1
                 if ledger is not None:
                     ledger.record_step(cfg.batch_size)
