@@ -10,9 +10,16 @@ table from what exists. Training FLOPs: the ledger's ``train_flops_relative`` (H
 includes its dense pre-training, read from the checkpoint, over dense training of the
 fine-tuning samples only); the last column puts every run over dense training of
 ``dense_epochs + finetune_epochs`` epochs (IEE's run length by default).
+``--iee-end-fraction F`` ends IEE's update period at T_end = F·T (the paper's channel
+protocol settles the structure early: 5 of 130 epochs); ``--slim`` passes
+``--slim-after-updates`` to the HALP and IEE runs, so their epochs after the last
+structure update run on the physically smaller network.
 
     .venv/bin/python benchmarks/bench_structured_quality.py --model resnet20 --data fashion-mnist \\
         --seeds 0 --targets 0.5,0.3 --cost flops --threads 1 --out runs/f3/structured
+    .venv/bin/python benchmarks/bench_structured_quality.py --model resnet20 --data fashion-mnist \\
+        --seeds 0,1,2 --targets 0.5,0.3 --cost flops --threads 1 --dense-epochs 2 --finetune-epochs 2 \\
+        --iee-epochs 3 --iee-end-fraction 0.3 --hjq 25 --slim --out runs/s2/structured
 """
 from __future__ import annotations
 
@@ -48,6 +55,11 @@ def ms(xs: List[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
 
 
+def epoch_seconds(runs: List[Dict]) -> List[float]:
+    """Wall seconds of training steps per epoch (evaluation and setup excluded)."""
+    return [r["train_step_seconds"] / r["epochs"] for r in runs if "train_step_seconds" in r and r.get("epochs")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/bench_structured_quality")
@@ -64,6 +76,10 @@ def main() -> None:
     ap.add_argument("--halp-prune-steps", type=int, default=10)
     ap.add_argument("--halp-prune-interval", type=int, default=30)
     ap.add_argument("--hjq", type=int, default=25, help="channel IEE's H = J = Q")
+    ap.add_argument("--iee-end-fraction", type=float, default=None,
+                    help="IEE's T_end / T (--opt end_fraction); default: the method's (0.75)")
+    ap.add_argument("--slim", action="store_true",
+                    help="--slim-after-updates for the HALP and IEE runs (not dense)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", default="all", choices=("all", "halp", "iee"),
@@ -71,6 +87,10 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     args, extra = ap.parse_known_args()
     iee_epochs = args.iee_epochs or args.dense_epochs + args.finetune_epochs
+    if args.iee_end_fraction is not None and not 0 < args.iee_end_fraction <= 1:
+        raise SystemExit(f"--iee-end-fraction must be in (0, 1], got {args.iee_end_fraction}")
+    iee_end = [] if args.iee_end_fraction is None else ["--opt", f"end_fraction={args.iee_end_fraction:g}"]
+    slim = ["--slim-after-updates"] if args.slim else []
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     targets = [float(t) for t in args.targets.split(",") if t]
@@ -85,7 +105,7 @@ def main() -> None:
                       "--seed", str(seed))
             for t in targets:
                 common = ["--structure", "channel", "--latency-target", str(t), "--cost", args.cost,
-                          "--seed", str(seed)]
+                          "--seed", str(seed), *slim]
                 if args.only != "iee":
                     train(out / f"halp-t{t:g}-s{seed}", args, extra, "--method", "halp", *common,
                           "--pretrained", str(dense / "checkpoint.pt"), "--epochs", str(args.finetune_epochs),
@@ -94,18 +114,22 @@ def main() -> None:
                 if args.only != "halp":
                     train(out / f"iee-t{t:g}-s{seed}", args, extra, "--method", "iee", *common,
                           "--epochs", str(iee_epochs), "--opt", f"H={args.hjq}", "--opt", f"J={args.hjq}",
-                          "--opt", f"Q={args.hjq}")
+                          "--opt", f"Q={args.hjq}", *iee_end)
+    end = 0.75 if args.iee_end_fraction is None else args.iee_end_fraction
     print(f"\n### {args.model} on {args.data}: channel IEE from scratch ({iee_epochs} epochs, H = J = Q = "
-          f"{args.hjq}) vs HALP ({args.dense_epochs} dense + {args.finetune_epochs} epochs pruning "
-          f"{args.halp_prune_steps} × {args.halp_prune_interval} steps and fine-tuning), cost {args.cost}\n")
+          f"{args.hjq}, T_end = {end:g}·T) vs HALP ({args.dense_epochs} dense + {args.finetune_epochs} epochs pruning "
+          f"{args.halp_prune_steps} × {args.halp_prune_interval} steps and fine-tuning), cost {args.cost}, "
+          f"{'slimmed after the last structure update' if args.slim else 'not slimmed during training'}\n")
     print("| method | target | seeds | test top-1 (%) | predicted cost (× dense) | MACs (× dense) "
           "| measured latency ms (dense → slim, batch 1) | speedup | train FLOPs (ledger) "
-          f"| train FLOPs (× dense training of {args.dense_epochs + args.finetune_epochs} epochs) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"| train FLOPs (× dense training of {args.dense_epochs + args.finetune_epochs} epochs) "
+          "| train s / epoch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     dense_runs = [summary(out / f"dense-s{s}") for s in seeds if (out / f"dense-s{s}" / "summary.json").exists()]
     if dense_runs:
         print(f"| dense ({args.dense_epochs} ep) | 1 | {len(dense_runs)} | "
-              f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | — |")
+              f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | — | "
+              f"{ms(epoch_seconds(dense_runs), 1, 0)} |")
     for t in targets:
         for m in ("halp", "iee"):
             runs = [summary(out / f"{m}-t{t:g}-s{s}") for s in seeds
@@ -123,7 +147,7 @@ def main() -> None:
             same = own * run_epochs / (args.dense_epochs + args.finetune_epochs)
             print(f"| {m} | {t:g} | {len(runs)} | {ms([r['test_top1'] for r in runs], 100)} | "
                   f"{ms(pred, 1, 3)} | {ms(macs, 1, 3)} | {ms(lat_d)} → {ms(lat)} | {ms(sp)} | {own:.3f} | "
-                  f"{same:.3f} |")
+                  f"{same:.3f} | {ms(epoch_seconds(runs), 1, 0)} |")
 
 
 if __name__ == "__main__":

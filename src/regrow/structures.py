@@ -43,6 +43,11 @@ def _flatnonzero(b: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(b).squeeze(1)
 
 
+def _take(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``v[idx]`` for a 1-D ``v`` and int64 positions (index_select: 8x faster on CPU)."""
+    return v.index_select(0, idx)
+
+
 def _count(b: torch.Tensor) -> int:
     return count_true(b)
 
@@ -103,7 +108,7 @@ def _select(v: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
         stride = max(1, n // _SAMPLE)
         idx = _survivors(v, _clean(v[::stride]), k / n, largest)
         if idx.numel() >= k:
-            return idx[_exact(_clean(v[idx]), k, largest)]
+            return _take(idx, _exact(_clean(_take(v, idx)), k, largest))
     return _exact(_clean(v), k, largest)
 
 
@@ -151,19 +156,20 @@ def _among(scores: torch.Tensor, mask: torch.Tensor, k: int, largest: bool, inac
     # few candidates (prune among the active): gather them, then select among them
     if k >= n_cand or 2 * n_cand < n or n < _PREFILTER_MIN or k > n_cand // 2:
         idx = _flatnonzero(~m if inactive else m)
-        return idx if k >= n_cand else idx[_select(flat[idx], k, largest)]
+        return idx if k >= n_cand else _take(idx, _select(_take(flat, idx), k, largest))
     stride = max(1, n // _SAMPLE)
     sub, sub_m = flat[::stride], m[::stride]
-    sample = _clean(sub[_flatnonzero(~sub_m if inactive else sub_m)])
+    sample = _clean(_take(sub, _flatnonzero(~sub_m if inactive else sub_m)))
     if sample.numel() > 0:
         # Threshold from the sampled candidates, applied to the whole tensor; the few
         # survivors that are not candidates are dropped afterwards (no gather of all of them).
         idx = _survivors(flat, sample, k / n_cand, largest)
-        idx = idx[~m[idx]] if inactive else idx[m[idx]]
+        on = _take(m, idx)
+        idx = _take(idx, _flatnonzero(on.logical_not_() if inactive else on))
         if idx.numel() >= k:
-            return idx[_exact(_clean(flat[idx]), k, largest)]
+            return _take(idx, _exact(_clean(_take(flat, idx)), k, largest))
     idx = _flatnonzero(~m if inactive else m)
-    return idx[_select(flat[idx], k, largest)]
+    return _take(idx, _select(_take(flat, idx), k, largest))
 
 
 def prune_lowest(scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
