@@ -76,15 +76,11 @@ def test_single_process_helpers_need_no_process_group():
             resolve_device("cuda")
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
-    out = tmp_path / "ddp"
+def torchrun_train(out, *args: str) -> dict:
+    """``torchrun --nproc_per_node=2 -m regrow train ... --out OUT`` (gloo, CPU); its summary."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "regrow", "train", "--method", "rigl", "--model", "mlp", "--model-opt", "hidden=[16]",
-           "--data", "synthetic", "--synthetic", "shape=[1,16]", "--synthetic", "num_classes=4",
-           "--synthetic", "train_size=64", "--synthetic", "test_size=30", "--epochs", "2",
-           "--batch-size", "16", "--update-interval", "2", "--log-every", "2", "--density", "0.3",
-           "--device", "cpu", "--quiet", "--out", str(out)]
+           "-m", "regrow", "train", *args, "--device", "cpu", "--quiet", "--out", str(out)]
     # own session: on a timeout the launcher and both workers are killed together
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -95,7 +91,16 @@ def test_torchrun_two_processes_gloo(tmp_path):
         proc.communicate()
         raise
     assert proc.returncode == 0, stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    summary = torchrun_train(
+        out, "--method", "rigl", "--model", "mlp", "--model-opt", "hidden=[16]",
+        "--data", "synthetic", "--synthetic", "shape=[1,16]", "--synthetic", "num_classes=4",
+        "--synthetic", "train_size=64", "--synthetic", "test_size=30", "--epochs", "2",
+        "--batch-size", "16", "--update-interval", "2", "--log-every", "2", "--density", "0.3")
     assert summary["world_size"] == 2
     checks = summary["mask_checksums"]
     assert len(checks) == 2 and checks[0] == checks[1]
@@ -106,3 +111,25 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert any(r["event"] == "update" for r in records)
     # 30 test samples split 15/15 over the ranks and summed back
     assert summary["test_top1"] * 30 == pytest.approx(round(summary["test_top1"] * 30))
+
+
+def test_torchrun_slims_in_training_and_rewraps_ddp(tmp_path):
+    """Channel IEE with --slim-after-updates under 2 ranks: both slim at the same step, DDP
+    is rebuilt around the smaller model and training goes on in sync."""
+    out = tmp_path / "slim"
+    summary = torchrun_train(
+        out, "--method", "iee", "--structure", "channel", "--latency-target", "0.5", "--cost", "flops",
+        "--slim-after-updates", "--model", "resnet20", "--data", "synthetic",
+        "--synthetic", "shape=[3,8,8]", "--synthetic", "num_classes=4", "--synthetic", "train_size=96",
+        "--synthetic", "test_size=32", "--epochs", "4", "--batch-size", "16", "--opt", "H=2",
+        "--opt", "J=1", "--opt", "Q=1", "--end-fraction", "0.5", "--log-every", "5", "--threads", "1")
+    assert summary["world_size"] == 2 and summary["steps"] == 24
+    checks = summary["mask_checksums"]
+    assert len(checks) == 2 and checks[0] == checks[1]
+    assert summary["structured"]["slimmed_in_training"] is True
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    slim = [r for r in records if r["event"] == "slim"]
+    assert len(slim) == 1 and slim[0]["step"] < 24  # slimmed mid-run, then trained on
+    # the slimmed weights were updated after the rewrap: the checkpoint holds the smaller model
+    sd = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    assert sum(v.numel() for k, v in sd.items() if k.endswith("weight")) < summary["structured"]["params_dense"]

@@ -301,17 +301,3 @@ def test_data_seed_is_fixed_across_training_seeds(tmp_path, monkeypatch):
     assert (s3["data_seed"], s5["data_seed"], s7["data_seed"]) == (0, 0, 7)
     assert C.data_seed(C.build({"data": "mnist1d"})) == 42
     assert C.data_seed(C.build({"data": "mnist1d", "data_seed": 1})) == 1
-
-
-def test_in_training_slimming_is_refused_under_ddp(tmp_path, monkeypatch):
-    from regrow.train import distributed as dist_utils
-    from regrow.train.distributed import Context
-
-    monkeypatch.setattr(dist_utils, "setup", lambda device: Context(0, 2, 0, torch.device("cpu")))
-    monkeypatch.setattr(dist_utils, "barrier", lambda ctx: None)
-    monkeypatch.setattr(dist_utils, "teardown", lambda ctx: None)
-    cfg = tiny(tmp_path, method="iee", structure="channel", model="resnet20", model_options={}, threads=1,
-               synthetic={"shape": [3, 8, 8], "num_classes": 4, "train_size": 96, "test_size": 32},
-               method_options={"cost": "flops", "H": 2, "J": 1, "Q": 1, "slim_after": True})
-    with pytest.raises(ValueError, match=r"slim_after \(--slim-after-updates\) cannot run under torchrun"):
-        train(cfg)

@@ -31,7 +31,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -94,6 +94,10 @@ class StepSchedule:
         f = self.factor(step)
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * f
+
+
+def _param_ids(model: nn.Module) -> List[int]:
+    return [id(p) for p in model.parameters()]
 
 
 def seed_everything(seed: int) -> None:
@@ -346,11 +350,6 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
     total_steps = cfg.epochs * spe
     method_cls = method_class(cfg.method, cfg.structure)  # e.g. iee + channel -> iee_channel
     method = method_cls(model, optimizer, **method_options(cfg, total_steps, spe, bundle.input_shape))
-    if ctx.distributed and method.replaces_parameters():
-        raise ValueError(
-            f"slim_after (--slim-after-updates) cannot run under torchrun (world size {ctx.world_size}): "
-            "slimming replaces the Parameters DistributedDataParallel holds; train on one process, or "
-            "slim afterwards with 'regrow export RUN_DIR --slim'")
     warmup = int(round(cfg.warmup_epochs * spe))
     sched = StepSchedule(optimizer, lambda s: lr_factor(
         s, schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
@@ -407,11 +406,18 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         if ctx.is_main:
             (out / CONFIG).write_text(dump(cfg))
 
-    net: nn.Module = model
-    if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    fnet = torch.compile(net) if cfg.compile else net
+    def wrap(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
+        net: nn.Module = model
+        if ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        return net, (torch.compile(net) if cfg.compile else net)
+
+    net, fnet = wrap(model)
+    # in-training slimming swaps the Parameters DDP holds: wrap the smaller model anew (every
+    # rank slims at the same step, the structure being synchronised)
+    watch = ctx.distributed and method.replaces_parameters()
+    wrapped = _param_ids(model) if watch else None
 
     writer = _Writer(out / METRICS, ctx.is_main, loop["metrics_lines"])
     step = loop["step"]
@@ -480,6 +486,9 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 lr = optimizer.param_groups[0]["lr"]
                 method.step()
                 optimizer.zero_grad(set_to_none=True)
+                if watch and _param_ids(model) != wrapped:
+                    net, fnet = wrap(model)
+                    wrapped = _param_ids(model)
                 sched.set(step + 1)
                 step += 1
                 if ledger is not None:
