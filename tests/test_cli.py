@@ -60,9 +60,9 @@ def test_flags_override_the_recipe(tmp_path, capsys):
     cfg = cli.C.load_yaml(str(out / "config.yaml"))
     assert cfg["epochs"] == 2 and cfg["lr"] == 0.05 and cfg["method"] == "set"
     assert cfg["method_options"] == {"alpha": 0.2, "update_interval": 3, "end_fraction": 0.5}
-    assert "| set | 0.1 |" in stdout and f"run directory: {out}" in stdout
+    assert "| set | 0.1 density |" in stdout and f"run directory: {out}" in stdout
     rc, stdout, _ = run(["report", str(out)], capsys)
-    assert rc == 0 and "| set | 0.1 |" in stdout
+    assert rc == 0 and "| set | 0.1 density |" in stdout
 
 
 @pytest.mark.parametrize("extra,message", [

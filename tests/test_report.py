@@ -42,7 +42,13 @@ def test_render_run_writes_plots_and_a_row(tmp_path):
     for name in ("loss", "accuracy", "density", "structure"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000
     row = table.splitlines()[2]
-    assert row.startswith("| rigl | 0.1 | 0.1000 | 50.00 | 0.250 | 20 |")
+    assert row.startswith("| rigl | 0.1 density | 0.1000 | 50.00 | 0.250 | 20 |")
+
+
+def test_run_table_shows_a_channel_method_s_cost_target():
+    s = {"method": "halp", "target_density": 0.1, "final_density": 0.42, "test_top1": 0.9, "steps": 5,
+         "structured": {"cost_kind": "latency", "budget": 7.5, "predicted_dense": 15.0}}
+    assert report.run_table([s]).splitlines()[2].startswith("| halp | 0.5 × dense latency | 0.4200 | 90.00 |")
 
 
 def test_structure_plot_only_when_the_method_logged_updates(tmp_path):

@@ -111,13 +111,21 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
+def _target(summary: Dict[str, Any]) -> str:
+    """Density for weight sparsity; for channel methods the cost budget over the dense cost."""
+    st = summary.get("structured") or {}
+    if st.get("budget") and st.get("predicted_dense"):
+        return f"{st['budget'] / st['predicted_dense']:.3g} × dense {st.get('cost_kind', 'cost')}"
+    return f"{summary.get('target_density', 0):.4g} density"
+
+
 def run_table(summaries: List[Dict[str, Any]]) -> str:
-    lines = ["| method | target density | final density | test top-1 (%) | train FLOPs (× dense) | steps | wall (s) |",
+    lines = ["| method | target | final density | test top-1 (%) | train FLOPs (× dense) | steps | wall (s) |",
              "|---|---|---|---|---|---|---|"]
     for s in summaries:
         flops = s.get("train_flops_relative")
         lines.append(
-            f"| {s.get('method')} | {s.get('target_density', 0):.4g} | {s.get('final_density', 0):.4f} | "
+            f"| {s.get('method')} | {_target(s)} | {s.get('final_density', 0):.4f} | "
             f"{_pct(s.get('test_top1'))} | {'–' if flops is None else f'{flops:.3f}'} | {s.get('steps')} | "
             f"{s.get('wall_seconds', 0):.1f} |")
     return "\n".join(lines)
