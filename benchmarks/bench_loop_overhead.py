@@ -5,10 +5,12 @@ one process. The bare loop indexes the data tensors with a random permutation an
 does forward, cross-entropy, backward, ``optimizer.step()``, ``zero_grad``. The
 regrow loop adds everything a run does per step: batch sampling, the LR schedule,
 loss/accuracy bookkeeping, NaN check, metrics.jsonl logging every ``log_every``
-steps, and the method's step. Two methods are measured: ``dense`` (its step is the
-plain optimizer step, so this is the harness alone) and ``rigl`` at density 0.1
-with its default ΔT = 100 (harness + mask maintenance: masked gradients and
-weights every step, structure updates).
+steps, and the method's step. Three methods are measured: ``dense`` (its step is the
+plain optimizer step, so this is the harness alone), ``static`` at density 0.1
+(harness + mask maintenance: the gradients masked every step so inactive weights and
+their optimizer state stay exactly 0) and ``rigl`` at density 0.1 with its default
+ΔT = 100 (the same plus RigL's own structure updates: 4 drop/grow updates with their
+IoU/survival metrics in the 620 steps).
 
 The dataset is generated once and handed to both (data generation is a one-off
 cost, not loop overhead). The loop's per-step time is the run's own
@@ -78,7 +80,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--methods", default="dense,rigl", help="comma-separated methods to run the loop with")
+    ap.add_argument("--methods", default="dense,static,rigl", help="comma-separated methods to run the loop with")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_dataset("mnist1d", seed=0)

@@ -56,3 +56,9 @@ def test_new_mask_without_prune_and_degenerate_iou():
     # exploration never decreases
     out = metrics.record_update(s, _m(0, 1, 0, 0), None, _m(1, 0, 0, 0))
     assert out["exploration_degree"] == 0.5
+
+
+def test_minus_and_iou_golden():
+    a, b = _m(1, 1, 0, 0, 1), _m(1, 0, 1, 0, 1)
+    assert metrics.minus(a["w"], b["w"]).tolist() == [False, True, False, False, False]
+    assert metrics.mask_iou(a, b) == pytest.approx(2 / 4)  # {0,4} / {0,1,2,4}

@@ -26,8 +26,14 @@ LAST_GROWN = "tracker.last_grown"
 
 def mask_iou(a: Masks, b: Masks) -> float:
     inter = sum(count_true(a[k] & b[k]) for k in a)
-    union = sum(count_true(a[k] | b[k]) for k in a)
+    # |A ∪ B| = |A| + |B| − |A ∩ B|: counting needs no second elementwise pass
+    union = sum(count_true(a[k]) + count_true(b[k]) for k in a) - inter
     return inter / union if union else 1.0
+
+
+def minus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A ∖ B of bool masks in one pass (on bools ``a > b`` is ``a & ~b``)."""
+    return torch.gt(a, b)
 
 
 def exploration_degree(state: SparseState) -> float:
@@ -82,7 +88,7 @@ def record_prune(state: SparseState, before: Masks, after_prune: Masks) -> Dict[
             alive = sum(count_true(last[k] & after_prune[k]) for k in last)
             out["survival_rate"] = alive / n_grown
     state.buffers[PREV_PRUNE] = {k: m.clone() for k, m in after_prune.items()}
-    out["n_pruned"] = sum(count_true(before[k] & ~after_prune[k]) for k in before)
+    out["n_pruned"] = sum(count_true(minus(before[k], after_prune[k])) for k in before)
     return out
 
 
@@ -92,6 +98,6 @@ def record_grow(
     """The grow half of an update: IoU of the after-grow mask with ``before`` (the mask
     before this update's prune), exploration degree, grown count."""
     out = _record_new_mask(state, before, after_grow)
-    state.buffers[LAST_GROWN] = {k: after_grow[k] & ~after_prune[k] for k in after_grow}
+    state.buffers[LAST_GROWN] = {k: minus(after_grow[k], after_prune[k]) for k in after_grow}
     out["n_grown"] = sum(count_true(g) for g in state.buffers[LAST_GROWN].values())
     return out
