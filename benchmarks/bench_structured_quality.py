@@ -55,6 +55,28 @@ def ms(xs: List[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
 
 
+def train_flops(run: Path, s: Dict) -> float:
+    """``train_flops_relative`` with the steps after in-training slimming recounted at the
+    slim model's true MACs. The ledger (src/regrow/cost.py) counts a layer missing from the
+    method's masks at its full dense FLOPs; after slimming, a group left with a single
+    channel is no longer a group (structured/groups.py drops size-1 groups), so its convs
+    drop out of the masks and are counted dense. After the slim the structure is fixed and
+    every step costs 3·ζ_P, so the excess is (steps after the slim / steps) × (ζ_ledger −
+    ζ_true) / ζ_D, with ζ_ledger = the summary's ``inference_flops`` and ζ_true its MACs.
+    Zero when nothing was slimmed or the ledger already agrees."""
+    rel = s["train_flops_relative"]
+    st = s.get("structured", {})
+    if not st.get("slimmed_in_training") or "macs" not in st or not s.get("dense_inference_flops"):
+        return rel
+    slim_steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"event": "slim"' in line]
+    if not slim_steps:
+        return rel
+    after = (s["steps"] - slim_steps[0]) / s["steps"]
+    excess = s["inference_flops"] / s["dense_inference_flops"] - st["macs"] / st["macs_dense"]
+    return rel - after * excess
+
+
 def epoch_seconds(runs: List[Dict]) -> List[float]:
     """Wall seconds of training steps per epoch (evaluation and setup excluded)."""
     return [r["train_step_seconds"] / r["epochs"] for r in runs if "train_step_seconds" in r and r.get("epochs")]
@@ -122,18 +144,19 @@ def main() -> None:
           f"{'slimmed after the last structure update' if args.slim else 'not slimmed during training'}\n")
     print("| method | target | seeds | test top-1 (%) | predicted cost (× dense) | MACs (× dense) "
           "| measured latency ms (dense → slim, batch 1) | speedup | train FLOPs (ledger) "
+          "| train FLOPs (slim-corrected) "
           f"| train FLOPs (× dense training of {args.dense_epochs + args.finetune_epochs} epochs) "
           "| train s / epoch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     dense_runs = [summary(out / f"dense-s{s}") for s in seeds if (out / f"dense-s{s}" / "summary.json").exists()]
     if dense_runs:
         print(f"| dense ({args.dense_epochs} ep) | 1 | {len(dense_runs)} | "
-              f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | — | "
+              f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | 1.000 | — | "
               f"{ms(epoch_seconds(dense_runs), 1, 0)} |")
     for t in targets:
         for m in ("halp", "iee"):
-            runs = [summary(out / f"{m}-t{t:g}-s{s}") for s in seeds
-                    if (out / f"{m}-t{t:g}-s{s}" / "summary.json").exists()]
+            dirs = [out / f"{m}-t{t:g}-s{s}" for s in seeds if (out / f"{m}-t{t:g}-s{s}" / "summary.json").exists()]
+            runs = [summary(d) for d in dirs]
             if not runs:
                 continue
             st = [r.get("structured", {}) for r in runs]
@@ -142,11 +165,12 @@ def main() -> None:
             lat_d = [x["latency_ms_dense"] for x in st if "latency_ms_dense" in x]
             lat = [x["latency_ms"] for x in st if "latency_ms" in x]
             sp = [x["speedup"] for x in st if "speedup" in x]
-            own = statistics.mean(r["train_flops_relative"] for r in runs)
+            ledger = statistics.mean(r["train_flops_relative"] for r in runs)
+            own = statistics.mean(train_flops(d, r) for d, r in zip(dirs, runs))
             run_epochs = args.finetune_epochs if m == "halp" else iee_epochs
             same = own * run_epochs / (args.dense_epochs + args.finetune_epochs)
             print(f"| {m} | {t:g} | {len(runs)} | {ms([r['test_top1'] for r in runs], 100)} | "
-                  f"{ms(pred, 1, 3)} | {ms(macs, 1, 3)} | {ms(lat_d)} → {ms(lat)} | {ms(sp)} | {own:.3f} | "
+                  f"{ms(pred, 1, 3)} | {ms(macs, 1, 3)} | {ms(lat_d)} → {ms(lat)} | {ms(sp)} | {ledger:.3f} | {own:.3f} | "
                   f"{same:.3f} | {ms(epoch_seconds(runs), 1, 0)} |")
 
 

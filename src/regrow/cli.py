@@ -59,7 +59,7 @@ CHANNEL_METHOD_FLAGS = {
     "slim_after_updates": ("slim_after", bool,
                            "channel methods (iee --structure channel, halp): once the structure stops "
                            "changing, slim the model in place so the remaining epochs run on the smaller "
-                           "network (single process only)"),
+                           "network (under torchrun every rank slims at the same step and DDP is rebuilt)"),
 }
 # Run fields with their own handling (not a plain --flag VALUE).
 SPECIAL = ("method_options", "model_options", "synthetic", "out", "method", "density", "seed")
