@@ -149,3 +149,44 @@ def test_pretraining_and_state_dict():
     small = nn.Sequential(nn.Linear(8, 4))
     with pytest.raises(ValueError, match="dense FLOPs"):
         FlopsLedger(small, regrow.create("static", small, None, density=0.5), (8,)).load_state_dict(led.state_dict())
+
+
+def test_ledger_follows_in_training_slimming_even_to_one_channel():
+    """After slim_now() every layer runs at its new size, including layers whose group
+    was cut to one channel (such groups leave the method's masks): ζ_P and the executed
+    FLOPs are those of the slimmed model, measured afresh."""
+    from test_groups import TinyRes
+
+    torch.manual_seed(0)
+    net = TinyRes()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    m = regrow.create("halp", net, opt, input_shape=(3, 8, 8), cost="flops", latency_target=0.5,
+                      prune_steps=1, prune_interval=1, total_steps=10)
+    ledger = FlopsLedger(net, m, (3, 8, 8))
+    one = {g: torch.arange(c.numel()) < (1 if i == 0 else c.numel() // 2)
+           for i, (g, c) in enumerate(m.channels.items())}
+    m.commit_channels(one, record=False)
+    assert ledger.zeta_sparse() < ledger.zeta_dense
+    x = torch.randn(4, 3, 8, 8)
+    expected_before = ledger.zeta_physical
+    m.slim_now()
+    assert len(m.groups) < len(one)  # the one-channel group left the masks
+    slimmed = sum(layer_flops(net, (3, 8, 8)).values())
+    assert math.isclose(ledger.zeta_sparse(), slimmed, rel_tol=1e-12)
+    assert math.isclose(ledger.inference_flops(), slimmed, rel_tol=1e-12)
+    assert ledger.zeta_physical == pytest.approx(slimmed) and expected_before == ledger.zeta_dense
+    net(x).sum().backward()
+    opt.step()
+    before = ledger.executed
+    ledger.record_step(4)
+    assert math.isclose(ledger.executed - before, 4 * 3 * slimmed, rel_tol=1e-12)
+    # a resumed ledger (built on the dense model, state loaded after the slimming) agrees
+    torch.manual_seed(0)
+    net2 = TinyRes()
+    m2 = regrow.create("halp", net2, torch.optim.SGD(net2.parameters(), lr=0.01), input_shape=(3, 8, 8),
+                       cost="flops", latency_target=0.5, prune_steps=1, prune_interval=1, total_steps=10)
+    ledger2 = FlopsLedger(net2, m2, (3, 8, 8))
+    m2.load_state_dict(m.state_dict())
+    ledger2.load_state_dict(ledger.state_dict())
+    assert math.isclose(ledger2.zeta_sparse(), slimmed, rel_tol=1e-12)
+    assert ledger2.zeta_physical == ledger.zeta_physical

@@ -89,8 +89,12 @@ def layer_flops(model: nn.Module, input_shape: Shape) -> Dict[str, float]:
     return flops
 
 
-def _sparse_flops(layers: Dict[str, float], counts: Dict[str, int], numels: Dict[str, int]) -> float:
-    return sum(f * (counts[n] / numels[n] if n in counts else 1.0) for n, f in layers.items())
+def _sparse_flops(layers: Dict[str, float], counts: Dict[str, int], numels: Dict[str, int],
+                  scale: Optional[Dict[str, float]] = None) -> float:
+    """Σ layer FLOPs × active fraction (``counts / numels``); layers without a count run
+    at ``scale`` (their current over their original size; 1.0 when not given)."""
+    return sum(f * (counts[n] / numels[n] if n in counts else (scale[n] if scale else 1.0))
+               for n, f in layers.items())
 
 
 def inference_flops(model: nn.Module, method: Optional[Any], input_shape: Shape) -> float:
@@ -118,11 +122,16 @@ class FlopsLedger:
             raise ValueError(f"pretrain_flops and pretrain_samples must be >= 0, got "
                              f"{pretrain_flops!r}, {pretrain_samples!r}")
         self.method = method
+        self.model = unwrap(model)
         self.layers = layer_flops(model, input_shape)
         self.zeta_dense = float(sum(self.layers.values()))
         if self.zeta_dense <= 0:
             raise ValueError(f"model {type(unwrap(model)).__name__} has no Conv/Linear layer to count FLOPs of")
-        self._numels = {n: p.numel() for n, p in method.params.items()}
+        # original weight sizes: counts and physically slimmed layers are scaled against them
+        self._numels = self._weight_numels()
+        self._scale = {n: 1.0 for n in self.layers}
+        self._params_seen = method.params
+        self.zeta_physical = self.zeta_dense  # what the (masked dense) kernels compute now
         self.pretrain = float(pretrain_flops) + 3.0 * self.zeta_dense * int(pretrain_samples)
         self.total = self.pretrain
         self.executed = self.pretrain
@@ -130,9 +139,25 @@ class FlopsLedger:
         self.steps = 0
         self._zeta_next = self.zeta_sparse()
 
+    def _weight_numels(self) -> Dict[str, int]:
+        weights = dict(self.model.named_parameters())
+        return {n: weights[n].numel() for n in self.layers}
+
+    def _follow_slimming(self) -> None:
+        """In-training slimming (channel methods) replaces the method's parameters with
+        smaller ones, and layers slimmed to one channel leave its masks: from then on
+        every layer runs at its current size."""
+        if self.method.params is self._params_seen:
+            return
+        self._params_seen = self.method.params
+        now = self._weight_numels()
+        self._scale = {n: now[n] / self._numels[n] for n in self.layers}
+        self.zeta_physical = float(sum(f * self._scale[n] for n, f in self.layers.items()))
+
     def zeta_sparse(self) -> float:
         """ζ_P of the structure in place now (the next step's sparse forward)."""
-        return _sparse_flops(self.layers, self.method.expected_counts(), self._numels)
+        self._follow_slimming()
+        return _sparse_flops(self.layers, self.method.expected_counts(), self._numels, self._scale)
 
     def record_step(self, batch_size: int) -> float:
         """Add the step just taken (``batch_size`` samples); returns its FLOPs."""
@@ -140,7 +165,8 @@ class FlopsLedger:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         cost = float(self.method.step_flops(self._zeta_next, self.zeta_dense)) * batch_size
         self.total += cost
-        self.executed += float(self.method.step_flops(self.zeta_dense, self.zeta_dense)) * batch_size
+        # the step ran on the model as it was before this step's slimming (if any)
+        self.executed += float(self.method.step_flops(self.zeta_physical, self.zeta_physical)) * batch_size
         self.samples += int(batch_size)
         self.steps += 1
         self._zeta_next = self.zeta_sparse()
@@ -161,16 +187,18 @@ class FlopsLedger:
         return self.executed / (3.0 * self.zeta_dense * self.samples)
 
     def inference_flops(self) -> float:
+        self._follow_slimming()
         masks = self.method.state.masks
         counts = {n: int(torch.count_nonzero(m)) for n, m in masks.items()}
-        return _sparse_flops(self.layers, counts, self._numels)
+        return _sparse_flops(self.layers, counts, self._numels, self._scale)
 
     def dense_inference_flops(self) -> float:
         return self.zeta_dense
 
     def state_dict(self) -> Dict[str, Any]:
         return {"total": self.total, "executed": self.executed, "samples": self.samples, "steps": self.steps,
-                "zeta_next": self._zeta_next, "zeta_dense": self.zeta_dense, "pretrain": self.pretrain}
+                "zeta_next": self._zeta_next, "zeta_dense": self.zeta_dense, "pretrain": self.pretrain,
+                "zeta_physical": self.zeta_physical}
 
     def load_state_dict(self, sd: Dict[str, Any]) -> None:
         if not isinstance(sd, dict) or "total" not in sd:
@@ -184,3 +212,4 @@ class FlopsLedger:
         self.steps = int(sd["steps"])
         self._zeta_next = float(sd["zeta_next"])
         self.pretrain = float(sd.get("pretrain", 0.0))
+        self.zeta_physical = float(sd.get("zeta_physical", self.zeta_dense))
