@@ -102,6 +102,9 @@ def main() -> None:
                     help="IEE's T_end / T (--opt end_fraction); default: the method's (0.75)")
     ap.add_argument("--slim", action="store_true",
                     help="--slim-after-updates for the HALP and IEE runs (not dense)")
+    ap.add_argument("--iee-pretrained", action="store_true",
+                    help="also run channel IEE from the dense checkpoint (init=criterion) for "
+                         "--finetune-epochs, as HALP (runs iee-pt-t*-s*)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", default="all", choices=("all", "halp", "iee"),
@@ -137,6 +140,11 @@ def main() -> None:
                     train(out / f"iee-t{t:g}-s{seed}", args, extra, "--method", "iee", *common,
                           "--epochs", str(iee_epochs), "--opt", f"H={args.hjq}", "--opt", f"J={args.hjq}",
                           "--opt", f"Q={args.hjq}", *iee_end)
+                if args.iee_pretrained and args.only != "halp":
+                    train(out / f"iee-pt-t{t:g}-s{seed}", args, extra, "--method", "iee", *common,
+                          "--pretrained", str(dense / "checkpoint.pt"), "--opt", "init=criterion",
+                          "--epochs", str(args.finetune_epochs), "--opt", f"H={args.hjq}",
+                          "--opt", f"J={args.hjq}", "--opt", f"Q={args.hjq}", *iee_end)
     end = 0.75 if args.iee_end_fraction is None else args.iee_end_fraction
     print(f"\n### {args.model} on {args.data}: channel IEE from scratch ({iee_epochs} epochs, H = J = Q = "
           f"{args.hjq}, T_end = {end:g}·T) vs HALP ({args.dense_epochs} dense + {args.finetune_epochs} epochs pruning "
@@ -154,7 +162,7 @@ def main() -> None:
               f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | 1.000 | — | "
               f"{ms(epoch_seconds(dense_runs), 1, 0)} |")
     for t in targets:
-        for m in ("halp", "iee"):
+        for m in ("halp", "iee", "iee-pt"):
             dirs = [out / f"{m}-t{t:g}-s{s}" for s in seeds if (out / f"{m}-t{t:g}-s{s}" / "summary.json").exists()]
             runs = [summary(d) for d in dirs]
             if not runs:
@@ -167,7 +175,7 @@ def main() -> None:
             sp = [x["speedup"] for x in st if "speedup" in x]
             ledger = statistics.mean(r["train_flops_relative"] for r in runs)
             own = statistics.mean(train_flops(d, r) for d, r in zip(dirs, runs))
-            run_epochs = args.finetune_epochs if m == "halp" else iee_epochs
+            run_epochs = iee_epochs if m == "iee" else args.finetune_epochs  # HALP, IEE from dense
             same = own * run_epochs / (args.dense_epochs + args.finetune_epochs)
             print(f"| {m} | {t:g} | {len(runs)} | {ms([r['test_top1'] for r in runs], 100)} | "
                   f"{ms(pred, 1, 3)} | {ms(macs, 1, 3)} | {ms(lat_d)} → {ms(lat)} | {ms(sp)} | {ledger:.3f} | {own:.3f} | "
