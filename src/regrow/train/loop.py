@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import math
 import random
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ..cost import FlopsLedger
 from ..methods.base import method_class, resolve_config
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
@@ -251,13 +251,6 @@ def _autocast(amp: bool, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _ledger_class():
-    if importlib.util.find_spec("regrow.cost") is None:
-        return None
-    from .. import cost
-    return getattr(cost, "FlopsLedger", None)
-
-
 def pretrain_samples(cfg: RunConfig, train_size: int) -> int:
     """Dense pre-training samples behind ``cfg.pretrained``: ``pretrained_epochs`` × the
     training set when given, else what a regrow checkpoint records, else 0."""
@@ -373,12 +366,9 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         torch.utils.data.Subset(bundle.test, test_idx), batch_size=cfg.eval_batch_size,
         shuffle=False, num_workers=cfg.num_workers, pin_memory=pin, generator=torch.Generator())
 
-    Ledger = _ledger_class()
-    ledger = None
-    if Ledger is not None:
-        # dense pre-training behind --pretrained (IEE appendix §3: 3·ζ_D per sample)
-        ledger = Ledger(model, method, bundle.input_shape,
-                        pretrain_samples=pretrain_samples(cfg, len(bundle.train)) if state is None else 0)
+    # dense pre-training behind --pretrained (IEE appendix §3: 3·ζ_D per sample)
+    ledger = FlopsLedger(model, method, bundle.input_shape,
+                         pretrain_samples=pretrain_samples(cfg, len(bundle.train)) if state is None else 0)
     loss_fn = loss_fn_for(cfg.label_smoothing)
 
     loop = {"step": 0, "epoch": 0, "epoch_step": 0, "metrics_lines": 0, "wall": 0.0,
@@ -391,7 +381,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         sched.set(state["loop"]["step"])  # the LR is a function of the step alone
         method.pop_metrics()  # records of the fresh construction the checkpoint replaces
         method.load_state_dict(state["method"])
-        if ledger is not None and state.get("ledger") is not None:
+        if state.get("ledger") is not None:
             ledger.load_state_dict(state["ledger"])
         loop.update(state["loop"])
         ckpt.set_rng_state(state["rng"])
@@ -430,7 +420,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         ckpt.save(out / CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "method": method.state_dict(),
-            "ledger": ledger.state_dict() if ledger is not None else None,
+            "ledger": ledger.state_dict(),
             "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
             "config": cfg.to_dict(), "regrow_version": __version__,
         })
@@ -491,8 +481,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                     wrapped = _param_ids(model)
                 sched.set(step + 1)
                 step += 1
-                if ledger is not None:
-                    ledger.record_step(cfg.batch_size)
+                ledger.record_step(cfg.batch_size)
                 loop["epoch_step"] += 1
                 window[0] += step_loss
                 window[1] += step_seen
@@ -581,11 +570,10 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options).to(ctx.device))
         if figures:
             summary["structured"] = figures
-    if ledger is not None:
-        summary["train_flops_relative"] = float(ledger.relative)
-        summary["train_flops_executed_relative"] = float(ledger.executed_relative)
-        summary["inference_flops"] = float(ledger.inference_flops())
-        summary["dense_inference_flops"] = float(ledger.dense_inference_flops())
+    summary["train_flops_relative"] = float(ledger.relative)
+    summary["train_flops_executed_relative"] = float(ledger.executed_relative)
+    summary["inference_flops"] = float(ledger.inference_flops())
+    summary["dense_inference_flops"] = float(ledger.dense_inference_flops())
     if ctx.is_main:
         (out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if report:
