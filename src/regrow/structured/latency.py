@@ -142,7 +142,9 @@ def steady_cpu_heap() -> bool:
     channels) took 1.32 ms this way and 0.22 ms from a steady heap; in a whole network
     the same layer ran at the fast speed, so isolated table entries were up to 8× off
     (ResNet-18, ResNet-20 predictions 13–44% off). The setting is process-wide and only
-    changes when memory returns to the OS, not what is computed."""
+    changes when memory returns to the OS, not what is computed. A long-lived process
+    whose heap cannot grow in place still maps big buffers afresh: build tables and
+    measure in a process of their own (``regrow latency-table``, the benchmarks)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
