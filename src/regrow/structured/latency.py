@@ -147,7 +147,7 @@ def steady_cpu_heap() -> bool:
     measure in a process of their own (``regrow latency-table``, the benchmarks)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such symbol / no process handle (Windows)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
