@@ -61,7 +61,8 @@ def main() -> int:
     table.save(args.table)
     overhead = table.overheads[model_key(layers, args.batch_size)]
     print(f"table: {len(table.entries)} signatures, {time.perf_counter() - t0:.1f} s (0 s if cached) on "
-          f"{table.device}, clock {table.clock}; model overhead factor {overhead:.3f}")
+          f"{table.device}, clock {table.clock}; model overhead: latency = {overhead['scale']:.3f} x table "
+          f"+ {overhead['offset']:.2f} ms")
 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     meth = regrow.create("halp", model, opt, input_shape=shape, latency_table=args.table,

@@ -137,21 +137,59 @@ def test_build_table_measures_each_signature_once():
     assert all(np.all(np.asarray(e["ms"]) > 0) for e in t.entries.values())
 
 
-def test_model_overhead_is_measured_once_and_scales_predictions():
+def test_model_overhead_is_fitted_once_and_applied_affinely():
     m = TinyRes()
     x = torch.zeros(1, 3, 8, 8)
     layers = model_layers(m, x)
-    t = build_table(layers, 1, torch.device("cpu"), points=2, warmup=0, repeats=1, model=m, input_shape=(3, 8, 8))
+    t = build_table(layers, 1, torch.device("cpu"), points=2, warmup=0, repeats=3, model=m, input_shape=(3, 8, 8))
     key = model_key(layers, 1)
-    assert set(t.overheads) == {key} and t.overheads[key] > 0
-    t.overheads[key] = 1.25
-    assert build_table(layers, 1, torch.device("cpu"), table=t, model=m, input_shape=(3, 8, 8)).overheads[key] == 1.25
+    assert set(t.overheads) == {key} and t.overheads[key]["scale"] > 0
+    t.overheads[key] = {"scale": 1.25, "offset": 0.5}
+    again = build_table(layers, 1, torch.device("cpu"), table=t, model=m, input_shape=(3, 8, 8))
+    assert again.overheads[key] == {"scale": 1.25, "offset": 0.5}  # not measured twice
     groups = find_groups(m, x)
     graph, cost = CostGraph(layers, groups), CostModel(layers, "latency", t, batch=1)
     full = {g.name: g.size for g in groups}
     parts = sum(float(t.lookup(layer, 1, layer.c_in, layer.c_out)) for layer in layers)
-    assert graph.predict(cost, full) == pytest.approx(1.25 * parts)
-    assert CostModel(layers, "flops").scale == 1.0
+    assert graph.predict(cost, full) == pytest.approx(1.25 * parts + 0.5)
+    # the offset is paid once, with the layers no group owns (the knapsack's fixed part)
+    owned = sum(float(graph.group_costs(cost, full, g.name, [g.size])[0]) for g in groups)
+    assert graph.fixed_cost(cost, full) + owned == pytest.approx(graph.predict(cost, full))
+    t.overheads[key] = 1.25  # a factor alone, as tables stored before the affine fit
+    assert CostGraph(layers, groups).predict(CostModel(layers, "latency", t, batch=1), full) == pytest.approx(1.25 * parts)
+    flops = CostModel(layers, "flops")
+    assert (flops.scale, flops.offset) == (1.0, 0.0)
+
+
+def test_fit_overhead_recovers_an_affine_latency_law(monkeypatch):
+    """With whole-model latencies that follow 2 · Σ table + 3 exactly, the fit returns them;
+    a degenerate fit (negative slope) falls back to the dense ratio."""
+    from regrow.structured import latency as lat
+
+    m = TinyRes()
+    layers = model_layers(m, torch.zeros(1, 3, 8, 8))
+    t = build_table(layers, 1, torch.device("cpu"), points=2, warmup=0, repeats=1)
+    groups = find_groups(m, torch.zeros(1, 3, 8, 8))
+    graph = CostGraph(layers, groups)
+
+    def law(slope, offset):
+        def fake(net, example, *a, **k):
+            counts = {g.name: g.size for g in groups}
+            mods = dict(net.named_modules())
+            for g in groups:  # the slimmed copy's kept channels, read off its root layer
+                counts[g.name] = mods[g.name].weight.shape[0]
+            act = graph.active(counts)
+            s = sum(float(t.lookup(layer, 1, *act[layer.name])) for layer in layers)
+            return {"latency_ms": slope * s + offset}
+        return fake
+
+    monkeypatch.setattr(lat, "measure_model", law(2.0, 3.0))
+    fit = lat.fit_overhead(t, layers, 1, m, (3, 8, 8), torch.device("cpu"))
+    assert fit["scale"] == pytest.approx(2.0) and fit["offset"] == pytest.approx(3.0)
+    monkeypatch.setattr(lat, "measure_model", law(-1.0, 100.0))
+    fit = lat.fit_overhead(t, layers, 1, m, (3, 8, 8), torch.device("cpu"))
+    full = sum(float(t.lookup(layer, 1, layer.c_in, layer.c_out)) for layer in layers)
+    assert fit == {"scale": pytest.approx((100.0 - full) / full), "offset": 0.0}
 
 
 class Flat(nn.Module):
