@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .groups import CONV, ChannelGroup, is_depthwise, prunable_layers
+from .groups import CONV, ChannelGroup, find_groups, is_depthwise, prunable_layers
+from .slim import slim_copy
 
 FORMAT = "regrow.latency/2"  # /1: CPU timings before steady_cpu_heap (page faults included)
 COSTS = ("latency", "flops")
@@ -388,8 +389,6 @@ def fit_overhead(table: LatencyTable, layers: Sequence[Layer], batch: int, model
     A factor fitted on the dense model alone (b = 0) under-predicted slimmed models by
     5–20% (ResNet-18, VGG-16; benchmarks/RESULTS.md). Falls back to that factor when
     the model has no prunable group or the fit is degenerate."""
-    from .groups import find_groups          # here, not at import: masking imports this module
-    from .slim import slim_copy
     example = torch.randn((batch,) + tuple(input_shape), device=device)
     groups = find_groups(model, example[:1])
     graph = CostGraph(layers, groups)
