@@ -96,10 +96,6 @@ class StepSchedule:
             g["lr"] = g["initial_lr"] * f
 
 
-def _param_ids(model: nn.Module) -> List[int]:
-    return [id(p) for p in model.parameters()]
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -404,10 +400,11 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         return net, (torch.compile(net) if cfg.compile else net)
 
     net, fnet = wrap(model)
-    # in-training slimming swaps the Parameters DDP holds: wrap the smaller model anew (every
-    # rank slims at the same step, the structure being synchronised)
+    # in-training slimming swaps the Parameters DDP holds (the method then rebuilds its
+    # ``params``, as the FLOPs ledger also notices): wrap the smaller model anew; every rank
+    # slims at the same step, the structure being synchronised
     watch = ctx.distributed and method.replaces_parameters()
-    wrapped = _param_ids(model) if watch else None
+    wrapped = method.params
 
     writer = _Writer(out / METRICS, ctx.is_main, loop["metrics_lines"])
     step = loop["step"]
@@ -476,9 +473,9 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 lr = optimizer.param_groups[0]["lr"]
                 method.step()
                 optimizer.zero_grad(set_to_none=True)
-                if watch and _param_ids(model) != wrapped:
+                if watch and method.params is not wrapped:
                     net, fnet = wrap(model)
-                    wrapped = _param_ids(model)
+                    wrapped = method.params
                 sched.set(step + 1)
                 step += 1
                 ledger.record_step(cfg.batch_size)
