@@ -119,16 +119,17 @@ def test_mask_changes_only_at_epoch_boundaries_and_density_is_exact():
 def test_sparsity_and_mask_lr_follow_the_sigmoid_schedules():
     tau = 8
     model, opt, m = _make(density=0.2, tau=tau, total_steps=10 * EPOCH)
-    score_group = opt.param_groups[-1]
+    score_group = m.score_optimizer.param_groups[-1]
     assert score_group["params"][0] is m.scores[m.names[0]] and score_group["weight_decay"] == 0.0
+    assert len(opt.param_groups) == 1   # the user's optimizer keeps the groups the user built
     assert score_group["momentum"] == 0.9
     seen = []
 
     def spy(optimizer, args, kwargs):  # the lrs the optimizer really uses
-        seen.append((m.state.step + 1, optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]))
+        seen.append((m.state.step + 1, optimizer.param_groups[0]["lr"], score_group["lr"]))
 
     opt.register_step_pre_hook(spy)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)  # touches the score group too
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     _train(m, model, opt, 10 * EPOCH, sched=sched)
     assert len(seen) == 10 * EPOCH and seen[-1][1] < 0.1  # the scheduler did change the weights' lr
     for step, w_lr, m_lr in seen:
@@ -220,13 +221,13 @@ def test_resume_is_bit_exact(opt_kind):
     else:
         opt_b = torch.optim.Adam(model_b.parameters(), lr=1e-2, weight_decay=1e-3)
     b = regrow.create("optg", model_b, opt_b, density=0.2, epoch_steps=EPOCH, total_steps=10 * EPOCH, seed=7)
-    scores_in_optimizer = list(opt_b.param_groups[-1]["params"])
+    scores_in_optimizer = list(b.score_optimizer.param_groups[-1]["params"])
     sched_b = torch.optim.lr_scheduler.CosineAnnealingLR(opt_b, T_max=10 * EPOCH)
     model_b.load_state_dict(ck["model"])
     b.load_state_dict(ck["sparsity"])
     opt_b.load_state_dict(ck["opt"])
     sched_b.load_state_dict(ck["sched"])
-    assert all(s is t for s, t in zip(scores_in_optimizer, opt_b.param_groups[-1]["params"]))
+    assert all(s is t for s, t in zip(scores_in_optimizer, b.score_optimizer.param_groups[-1]["params"]))
     assert all(b.scores[n] is t for n, t in zip(b.names, scores_in_optimizer))
     _train(b, model_b, opt_b, 8 * EPOCH - 2, start=2 * EPOCH + 3, sched=sched_b)
     for n in a.names:
@@ -234,7 +235,7 @@ def test_resume_is_bit_exact(opt_kind):
         assert torch.equal(a.params[n], b.params[n]), n
         assert torch.equal(a.scores[n], b.scores[n]), n
         assert torch.equal(a.state.dormant[n], b.state.dormant[n]), n
-        sa, sb = opt_a.state[a.scores[n]], opt_b.state[b.scores[n]]
+        sa, sb = a.score_optimizer.state[a.scores[n]], b.score_optimizer.state[b.scores[n]]
         assert sa.keys() == sb.keys() and sa
         for key in sa:
             assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), (n, key)
@@ -254,8 +255,9 @@ def test_one_score_group_per_weight_group_with_its_hyper_parameters():
                            {"params": [model.fc2.weight, model.fc2.bias, model.fc3.weight, model.fc3.bias]}],
                           lr=0.1, momentum=0.9, weight_decay=1e-3)
     m = regrow.create("optg", model, opt, epoch_steps=2, tau=4)
-    assert len(opt.param_groups) == 4
-    g1, g2 = opt.param_groups[2], opt.param_groups[3]
+    assert len(opt.param_groups) == 2 and len(m.score_optimizer.param_groups) == 2
+    assert type(m.score_optimizer) is torch.optim.SGD
+    g1, g2 = m.score_optimizer.param_groups
     assert g1["params"] == [m.scores["fc1.weight"]] and g1["momentum"] == 0.5 and g1["weight_decay"] == 0
     assert [id(t) for t in g2["params"]] == [id(m.scores["fc2.weight"]), id(m.scores["fc3.weight"])]
     assert g2["momentum"] == 0.9 and g2["weight_decay"] == 0

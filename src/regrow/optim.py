@@ -19,6 +19,7 @@ for LeNet-300-100) while float × uint8 costs ≈ 0.2 ns/element (8 µs); the va
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, List, Sequence
 
 import torch
@@ -41,24 +42,46 @@ def mask_gradients_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor
         torch._foreach_mul_(list(gs), list(ms))
 
 
-def mask_parameters_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
-    """``p *= mask`` in place, outside autograd (bool or uint8 masks)."""
+def mask_parameters_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                     nonfinite: bool = False) -> None:
+    """``p *= mask`` in place, outside autograd (bool or uint8 masks). ``nonfinite``: the
+    inactive entries may hold inf/NaN (an optimizer that does not preserve zeros, e.g.
+    Adam with ε = 0), which the product turns into NaN; those become 0 too. The product
+    (not a fill) keeps the sign of zeros, so both paths give the same bits."""
     with torch.no_grad():
         torch._foreach_mul_(list(params), [byte_view(m) for m in masks])
+        if nonfinite:
+            for p, m in zip(params, masks):
+                p.masked_fill_(p.isnan() & (byte_view(m) == 0), 0.0)
 
 
 # Exact types (a subclass may change ``step``) whose update of an entry that is 0.0 with
 # a zero gradient and zero state is exactly that entry unchanged: SGD (momentum,
 # dampening, Nesterov, L2 decay: every term is a multiple of the entry, its gradient
-# or its buffer), Adam/AdamW (moments stay 0, the update is 0/(√0 + ε); decoupled
-# decay scales 0). After a masked-gradient step their parameters need no re-masking.
+# or its buffer, for any finite lr), Adam/AdamW (moments stay 0, the update is
+# 0/(√0 + ε), which is 0 only for ε > 0; decoupled decay scales 0). After a
+# masked-gradient step their parameters need no re-masking.
 ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+_NEEDS_POSITIVE_EPS = (torch.optim.Adam, torch.optim.AdamW)
 
 
 def preserves_zeros(optimizer: torch.optim.Optimizer) -> bool:
     """True when ``optimizer.step()`` provably leaves inactive weights at 0.0 once their
-    gradients and optimizer state are zero (so masking the parameters after it is a no-op)."""
-    return type(optimizer) in ZERO_PRESERVING
+    gradients and optimizer state are zero (so masking the parameters after it is a no-op).
+
+    Checked on the optimizer's current hyper-parameters, not presumed from its type:
+    every group needs a finite learning rate, and Adam/AdamW a positive ε (with ε = 0
+    the update of such an entry is 0/0 = NaN)."""
+    kind = type(optimizer)
+    if kind not in ZERO_PRESERVING:
+        return False
+    for g in optimizer.param_groups:
+        lr = g.get("lr")
+        if torch.is_tensor(lr) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            return False
+        if kind in _NEEDS_POSITIVE_EPS and not (isinstance(g.get("eps"), (int, float)) and g["eps"] > 0):
+            return False
+    return True
 
 
 def param_state_tensors(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> List[torch.Tensor]:

@@ -142,12 +142,74 @@ def resolve_config(cls: type, config: Any, overrides: Dict[str, Any]):
     return cls(**base)
 
 
-class SparseMethod:
+class Pristine:
+    """What a method's constructor is about to change (sparse weights, their optimizer
+    state, channel statistics), kept until the first optimizer step so that
+    ``load_state_dict`` gives the same continuation whether the model and optimizer
+    were restored before or after the method was built.
+
+    A tensor is put back only if nothing wrote to it since construction (its autograd
+    version counter, and for optimizer state its identity, are unchanged): a model or
+    optimizer loaded after construction keeps what was loaded."""
+
+    def __init__(self, tensors: Dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer]):
+        self.optimizer = optimizer
+        self.values = {n: t.detach().clone() for n, t in tensors.items()}
+        self.tensors = dict(tensors)
+        self.opt_values: Dict[str, Dict[str, torch.Tensor]] = {}
+        if optimizer is not None:
+            for n, t in tensors.items():
+                st = optimizer.state.get(t, {})
+                vals = {k: v.detach().clone() for k, v in st.items() if torch.is_tensor(v)}
+                if vals:
+                    self.opt_values[n] = vals
+        self.versions: Dict[str, int] = {}
+        self.opt_seen: Dict[str, Dict[str, Tuple[torch.Tensor, int]]] = {}
+
+    def seal(self) -> None:
+        """Record what the finished constructor left (versions, state tensor identities)."""
+        self.versions = {n: t._version for n, t in self.tensors.items()}
+        if self.optimizer is not None:
+            for n in self.opt_values:
+                st = self.optimizer.state.get(self.tensors[n], {})
+                self.opt_seen[n] = {k: (v, v._version) for k, v in st.items() if torch.is_tensor(v)}
+
+    def restore(self) -> None:
+        """Undo the constructor's writes to every tensor nobody has written since."""
+        with torch.no_grad():
+            for n, t in self.tensors.items():
+                if self.versions.get(n) == t._version:
+                    t.copy_(self.values[n])
+            for n, vals in self.opt_values.items():
+                st = self.optimizer.state.get(self.tensors[n], {})
+                for k, v in vals.items():
+                    seen = self.opt_seen.get(n, {}).get(k)
+                    cur = st.get(k)
+                    if seen is not None and cur is seen[0] and cur._version == seen[1]:
+                        cur.copy_(v)
+
+
+class _MethodMeta(abc.ABCMeta):
+    """Runs ``_constructed`` once the whole constructor chain has finished (the optimizer
+    hooks attach to a method that is completely built)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        obj = super().__call__(*args, **kwargs)
+        obj._constructed()
+        return obj
+
+
+class SparseMethod(metaclass=_MethodMeta):
     """Base of all methods. Subclasses set ``name``/``Config`` and override hooks:
 
     * ``initial_masks(targets)`` — the starting masks (default: random at the targets);
     * ``before_step(step)`` — runs with dense gradients still in ``.grad``;
+    * ``mask_step_gradients()`` / ``restore_after_update()`` — what is masked around the
+      update (default: inactive gradients before, inactive weights after);
     * ``after_step(step)`` — runs after the masked optimizer step (structure updates).
+
+    Built with an optimizer, the method attaches to its step hooks: every
+    ``optimizer.step()`` is a sparse step, whoever calls it.
     """
 
     name: ClassVar[str] = ""
@@ -167,9 +229,11 @@ class SparseMethod:
         self.validate_config()
         self.model = unwrap(model)
         self.optimizer = optimizer
+        self._init_step_contract()
         cfg = self.config
         self.params = sparse_parameters(self.model, cfg.include, cfg.exclude)
         self.names: List[str] = list(self.params)
+        self._pristine = Pristine(self.params, optimizer)
         self.structure = make_structure(cfg.structure, cfg.n, cfg.m)
         for n, p in self.params.items():
             self.structure.check(n, p.shape)
@@ -182,6 +246,27 @@ class SparseMethod:
         self.apply_masks()
         if self.dynamic:
             mask_metrics.start_tracking(self.state)
+
+    def _init_step_contract(self) -> None:
+        self._hook_handles: List[Any] = []
+        self._grad_handles: List[Any] = []
+        self._watched: Dict[str, torch.Tensor] = {}
+        self._grads_masked = False
+        self._staged: Dict[str, Dict[str, torch.Tensor]] = {}
+        self._pristine: Optional[Pristine] = None
+
+    def _constructed(self) -> None:
+        """After the whole constructor: seal the undo record, attach to the optimizer."""
+        if self._pristine is not None:
+            self._pristine.seal()
+        if self.optimizer is not None:
+            self.attach()
+        self.warn_if_idle()
+
+    def warn_if_idle(self) -> None:
+        """Warn when the configuration makes the method do nothing it promises (no
+        structure update fits the run); silence would hide it."""
+        return None
 
     # ---- configuration ------------------------------------------------------
     def validate_config(self) -> None:
@@ -257,23 +342,131 @@ class SparseMethod:
             return masks
         return {n: self.structure.topk(s, targets[n]) for n, s in scores.items()}
 
-    # ---- the training step ---------------------------------------------------
+    # ---- the step contract ------------------------------------------------------
+    # Whoever calls ``optimizer.step()`` (``sparsity.step()``, ``scaler.step(optimizer)``,
+    # Lightning, HF Trainer, Accelerate), the optimizer's step hooks run the method:
+    # before the update :meth:`mask_gradients` reads what the method needs from the
+    # dense gradient and masks it; after the update :meth:`_finish_step` zeroes what
+    # must be zero, advances the step and runs any structure change that is due. A step
+    # the optimizer never takes (GradScaler found inf/NaN) runs neither hook, so it
+    # changes nothing and advances nothing.
     def step(self) -> None:
-        """Masked optimizer step, then whatever structure change is due."""
+        """``optimizer.step()``: the masked update plus whatever structure change is due
+        (the same as calling the optimizer directly; with AMP call
+        ``scaler.step(optimizer)`` instead)."""
         if self.optimizer is None:
             raise ValueError(f"method '{self.name}' was built without an optimizer; pass the "
                              f"torch.optim.Optimizer of the model to step() with it")
-        step = self.state.step + 1
-        self.before_step(step)
+        self.optimizer.step()
+
+    def mask_gradients(self) -> None:
+        """Make ``.grad`` what the optimizer will apply: first the method reads what it
+        needs from the dense gradient (growth scores at an update step, accumulated
+        importance), then inactive gradients are masked. Runs once per backward pass:
+        the optimizer's pre-step hook calls it unless it already ran (e.g. through
+        :meth:`clip_grad_norm_`). Call it yourself before inspecting or clipping the
+        applied gradient by other means."""
+        if self._grads_masked:
+            return
+        self._staged = {}
+        self.before_step(self.state.step + 1)
+        self.mask_step_gradients()
+        self._grads_masked = True
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0, **kwargs: Any) -> torch.Tensor:
+        """Clip the gradient that is applied: :meth:`mask_gradients` first (growth criteria
+        still see the dense gradient), then ``torch.nn.utils.clip_grad_norm_`` over the
+        model's parameters. Returns the total norm of the masked gradient, as torch does.
+        Under AMP call ``scaler.unscale_(optimizer)`` before it."""
+        self.mask_gradients()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type, **kwargs)
+
+    def mask_step_gradients(self) -> None:
+        """Zero the gradients the coming update must not apply (default: inactive weights)."""
         params, masks = self._step_operands()
         mask_gradients_(params, masks)
-        self.optimizer.step()
-        # inactive weights and their state are 0 here (commit/apply_masks keep it so):
-        # SGD/Adam/AdamW leave them 0, any other optimizer gets masked again
+
+    def restore_after_update(self) -> None:
+        """Right after the optimizer's update: inactive weights back to exactly 0.0 (a
+        no-op that is skipped for optimizers that provably keep them there)."""
         if not preserves_zeros(self.optimizer):
-            mask_parameters_(params, masks)
+            params, masks = self._step_operands()
+            mask_parameters_(params, masks, nonfinite=True)
+
+    def stage_scores(self, buffer: str, values: Dict[str, torch.Tensor]) -> None:
+        """Add ``values`` to ``state.buffers[buffer]`` once the optimizer takes the step
+        (scores read from a gradient the GradScaler then rejects must not count)."""
+        staged = self._staged.setdefault(buffer, {})
+        for n, v in values.items():
+            staged[n] = staged[n] + v if n in staged else v
+
+    def _pre_step_hook(self, optimizer, args, kwargs) -> None:
+        self.mask_gradients()
+
+    def _post_step_hook(self, optimizer, args, kwargs) -> None:
+        self._finish_step()
+
+    def _finish_step(self) -> None:
+        step = self.state.step + 1
+        self.restore_after_update()
+        for buffer, values in self._staged.items():
+            acc = self.state.buffers[buffer]
+            for n, v in values.items():
+                acc[n] += v.to(acc[n].device, acc[n].dtype)
+        self._staged = {}
+        self._grads_masked = False
+        self._pristine = None   # a step was taken: the construction can no longer be undone
         self.state.step = step
         self.after_step(step)
+
+    def _new_gradient(self, param: torch.Tensor) -> None:
+        # a backward pass wrote new gradients: what mask_gradients read is stale
+        self._grads_masked = False
+
+    def attach(self, optimizer: Optional[torch.optim.Optimizer] = None) -> "SparseMethod":
+        """Run this method from ``optimizer``'s step hooks (done at construction when an
+        optimizer is given). Every sparse weight must be in the optimizer, and an
+        optimizer drives one method at a time."""
+        if optimizer is not None:
+            self.optimizer = optimizer
+        opt = self.optimizer
+        if opt is None:
+            raise ValueError(f"method '{self.name}' needs the model's torch.optim.Optimizer to attach to")
+        if self._hook_handles:
+            return self
+        held = getattr(opt, "_regrow_method", None)
+        if held is not None and held is not self:
+            raise ValueError(
+                f"this optimizer already drives regrow method '{held.name}'; call .detach() on "
+                f"it before building another method on the same optimizer")
+        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+        missing = [n for n, p in self.params.items() if id(p) not in in_opt]
+        if missing:
+            raise ValueError(
+                f"sparse weight(s) {missing} are not in the optimizer: build the optimizer over "
+                f"model.parameters() (or exclude these names with exclude=[...])")
+        self._hook_handles = [opt.register_step_pre_hook(self._pre_step_hook),
+                              opt.register_step_post_hook(self._post_step_hook)]
+        self._watch_gradients()
+        opt._regrow_method = self
+        return self
+
+    def detach(self) -> None:
+        """Stop running from the optimizer's step hooks (the masks stay as they are)."""
+        for h in self._hook_handles + self._grad_handles:
+            h.remove()
+        self._hook_handles, self._grad_handles = [], []
+        if self.optimizer is not None and getattr(self.optimizer, "_regrow_method", None) is self:
+            del self.optimizer._regrow_method
+
+    def _watch_gradients(self) -> None:
+        """(Re)register the hooks that tell a new backward pass from a repeated step."""
+        for h in self._grad_handles:
+            h.remove()
+        self._grad_handles = [p.register_post_accumulate_grad_hook(self._new_gradient)
+                              for p in self.params.values() if p.requires_grad]
+        self._watched = dict(self.params)
 
     def _step_operands(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """The sparse parameters and ``uint8`` views of their masks, in ``names`` order.
@@ -288,12 +481,17 @@ class SparseMethod:
             masks = [current[n] for n in self.names]
             cached = ([params[n] for n in self.names], [byte_view(m) for m in masks], masks)
             self._step_cache = cached
+            if self._hook_handles and any(self._watched.get(n) is not p for n, p in params.items()):
+                self._watch_gradients()   # slimming replaced the Parameters
         return cached[0], cached[1]
 
     def before_step(self, step: int) -> None:
+        """Read the dense gradient of optimizer step ``step`` (before masking); keep only
+        what :meth:`after_step` consumes, or :meth:`stage_scores` sums, so a skipped step counts nothing."""
         return None
 
     def after_step(self, step: int) -> None:
+        """After optimizer step ``step``: structure changes that are due."""
         return None
 
     def calibrate(self, batches, loss_fn) -> None:
@@ -444,6 +642,12 @@ class SparseMethod:
             raise ValueError("not a regrow method state_dict (expected keys method, config, state)")
         if sd.get("method") != self.name:
             raise ValueError(f"state_dict is for method '{sd.get('method')}', not '{self.name}'")
+        if self._pristine is not None:
+            # model/optimizer restored before this method was built: undo what the
+            # constructor's fresh masks zeroed in them
+            self._pristine.restore()
+            self._pristine = None
+        self._grads_masked, self._staged = False, {}
         self.state.load_state_dict(sd["state"])
         self.generator.set_state(sd["generator"])
         self.load_extra_state(sd.get("extra", {}))
@@ -464,7 +668,7 @@ def method_class(name: str, structure: Optional[str] = None) -> type:
     return cls if variant is None else METHODS.get(variant)
 
 
-class DropGrowMethod(SparseMethod, abc.ABC):
+class DropGrowMethod(SparseMethod):
     """Every ΔT steps until T_end: drop ⌊α_t·|Θ_K|⌋ smallest-|w| active weights per layer,
     grow as many inactive ones by ``grow_scores`` (SET, RigL, DST-EE), new weights 0.
 

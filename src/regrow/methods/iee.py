@@ -58,7 +58,7 @@ import torch
 
 from .. import metrics as mask_metrics
 from ..criteria import CRITERIA
-from ..optim import mask_gradients_, mask_parameters_, zero_optimizer_state_
+from ..optim import mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..structures import global_grow, global_prune
 from .base import METHODS, DynamicConfig, SparseMethod
 
@@ -289,38 +289,34 @@ class IEE(SparseMethod):
             zero_optimizer_state_(self.optimizer, p, ~m)
 
     # ---- the training step --------------------------------------------------------
-    def step(self) -> None:
-        step = self.state.step + 1
-        self.before_step(step)
-        params = [self.params[n] for n in self.names]
-        if self.phase == "explore":
-            if self.config.freeze:
-                mask_gradients_(params, [~self.state.masks[n] for n in self.names])
-                for p in self._others:
-                    p.grad = None
-            self.optimizer.step()
-            if self.config.freeze:
-                snap = self.state.buffers[SNAP_PARAM]
-                with torch.no_grad():
-                    for n, p in zip(self.names, params):
-                        p.copy_(torch.where(self.state.masks[n], snap[n], p))
-        else:
-            masks = [self.state.masks[n] for n in self.names]
-            mask_gradients_(params, masks)
-            self.optimizer.step()
-            mask_parameters_(params, masks)
-        self.state.step = step
-        self.after_step(step)
+    def mask_step_gradients(self) -> None:
+        if self.phase != "explore":
+            super().mask_step_gradients()
+        elif self.config.freeze:
+            # Reactivate & Explore: only Θ_P trains; Θ_K and the dense parameters are
+            # frozen (no gradient: the optimizer skips them)
+            mask_gradients_([self.params[n] for n in self.names], [~self.state.masks[n] for n in self.names])
+            for p in self._others:
+                p.grad = None
+
+    def restore_after_update(self) -> None:
+        if self.phase != "explore":
+            params, masks = self._step_operands()
+            mask_parameters_(params, masks, nonfinite=not preserves_zeros(self.optimizer))
+        elif self.config.freeze:
+            snap = self.state.buffers[SNAP_PARAM]
+            with torch.no_grad():
+                for n in self.names:
+                    p = self.params[n]
+                    p.copy_(torch.where(self.state.masks[n], snap[n], p))
 
     def before_step(self, step: int) -> None:
         # gradient-based scores: summed over Importance Estimation (for Prune) and over
         # Reactivate & Explore (for Grow), read while .grad is still dense
         if self._accumulates and self.stage(step) in ("estimate", "explore"):
             crit = CRITERIA.get(self.config.criterion)
-            acc = self.state.buffers[SCORE]
-            for n, p in self.params.items():
-                if p.grad is not None:
-                    acc[n] += crit(p, p.grad, self.generator).float()
+            self.stage_scores(SCORE, {n: crit(p, p.grad, self.generator).float()
+                                      for n, p in self.params.items() if p.grad is not None})
 
     def after_step(self, step: int) -> None:
         self._run_events(step + 1)

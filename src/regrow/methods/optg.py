@@ -17,10 +17,10 @@ logged), fixed for the whole epoch, with the sigmoid sparsity schedule (Eq. 16)
 
     P_k = P / (1 + e^(−a(k − τ/2))),        a = 0.5, τ = epochs of the schedule,
 
-and revived weights return with their dormant values. The scores sit in their own
-parameter group(s) of the user's optimizer, one per weight group, with that group's
-hyper-parameters (momentum, betas, …) but no weight decay, and the mask learning
-rate of Eq. 17
+and revived weights return with their dormant values. The scores are trained by an
+optimizer of the user's optimizer's class that the method owns, one parameter group
+per weight group with that group's hyper-parameters (momentum, betas, …) but no
+weight decay, and the mask learning rate of Eq. 17
 
     η_m,k = η_w,k / (1 + e^(−a(k − τ/2))),
 
@@ -43,11 +43,14 @@ Choices the paper leaves open, made here:
 * No mask change after the last step of the run (it would alter the final model
   without training it).
 
+The score optimizer steps right after the user's optimizer (from its post-step hook),
+so a step the GradScaler skips moves neither. It lives inside the method, not in the
+user's optimizer: the user's optimizer state_dict keeps the shape the user built, and
+the model, optimizer and method restore in any order.
+
 Resume: the scores live in ``SparseState.buffers["optg.scores"]`` and are the very
-tensors registered in the optimizer; ``load_state_dict`` copies saved scores into them
-in place, so the optimizer's references (and its momentum state, restored by
-``optimizer.load_state_dict``) stay valid. Build the method before loading the
-optimizer's state: the optimizer then has the score groups the checkpoint expects.
+tensors the score optimizer updates; ``load_state_dict`` copies saved scores into them
+in place and restores the score optimizer's state (``extra["score_optimizer"]``).
 
 Distributed: scores change only through synchronised gradients and identical masks,
 so every rank keeps identical scores without extra communication.
@@ -120,7 +123,7 @@ class OptG(SparseMethod):
             for n, p in self.params.items()
         }
         self.state.buffers[SCORES] = self._scores
-        self._score_groups = self._add_score_groups()
+        self.score_optimizer, self._score_groups = self._score_optimizer()
         self.log(self._mask_record(0, 1))
 
     # ---- configuration ------------------------------------------------------
@@ -205,11 +208,11 @@ class OptG(SparseMethod):
         """m̂ by parameter name (the tensors the optimizer updates)."""
         return self._scores
 
-    # ---- optimizer groups for the scores -----------------------------------------
-    def _add_score_groups(self) -> List[Tuple[int, int]]:
-        """One score group per weight group holding sparse weights; returns their
-        (weight group, score group) indices. Indices, not the group dicts: the
-        optimizer's ``load_state_dict`` replaces the dicts."""
+    # ---- the optimizer of the scores --------------------------------------------------
+    def _score_optimizer(self) -> Tuple[torch.optim.Optimizer, List[Tuple[int, int]]]:
+        """An optimizer of the user's class over the scores, one group per weight group
+        holding sparse weights (that group's hyper-parameters, no weight decay); returns
+        it and the (weight group, score group) index pairs."""
         groups = self.optimizer.param_groups
         owner: Dict[str, int] = {}
         for n, p in self.params.items():
@@ -219,22 +222,27 @@ class OptG(SparseMethod):
                     break
             else:
                 raise ValueError(f"sparse parameter '{n}' is not in the optimizer; OptG needs it there")
-        pairs = []
+        score_groups, pairs = [], []
         for gi in sorted(set(owner.values())):
-            wg = groups[gi]
-            sg = {k: v for k, v in wg.items() if k != "params"}
+            sg = {k: v for k, v in groups[gi].items() if k != "params"}
             sg.update(params=[self._scores[n] for n in self.names if owner[n] == gi], weight_decay=0.0,
-                      lr=self.mask_lr(1, wg["lr"]))
-            self.optimizer.add_param_group(sg)
-            pairs.append((gi, len(self.optimizer.param_groups) - 1))
-        return pairs
+                      lr=self.mask_lr(1, groups[gi]["lr"]))
+            pairs.append((gi, len(score_groups)))
+            score_groups.append(sg)
+        cls = type(self.optimizer)
+        try:
+            opt = cls(score_groups, **{k: v for k, v in self.optimizer.defaults.items() if k != "params"})
+        except TypeError as e:
+            raise ValueError(f"OptG trains its scores with an optimizer of the model's optimizer class "
+                             f"{cls.__name__}, which could not be built from its defaults: {e}") from None
+        return opt, pairs
 
     # ---- the training step --------------------------------------------------------
     def before_step(self, step: int) -> None:
         k = self.epoch_of(step)
-        groups = self.optimizer.param_groups
+        groups, score_groups = self.optimizer.param_groups, self.score_optimizer.param_groups
         for wi, si in self._score_groups:
-            groups[si]["lr"] = self.mask_lr(k, float(groups[wi]["lr"]))
+            score_groups[si]["lr"] = self.mask_lr(k, float(groups[wi]["lr"]))
         for n in self.names:
             p, s = self.params[n], self._scores[n]
             if p.grad is None:
@@ -251,6 +259,10 @@ class OptG(SparseMethod):
         (ζ_D). ζ_P itself falls from ≈ ζ_D to the target over the sigmoid schedule; the
         score update is element-wise, O(|W|), and neglected."""
         return 2.0 * zeta_sparse + zeta_dense
+
+    def restore_after_update(self) -> None:
+        super().restore_after_update()
+        self.score_optimizer.step()   # the scores move only with a step the weights took
 
     def after_step(self, step: int) -> None:
         ts = self.config.total_steps
@@ -288,5 +300,14 @@ class OptG(SparseMethod):
                     )
                 s.copy_(loaded[n])
                 s.grad = None
-        # the optimizer holds these very tensors: keep them, not the loaded copies
+        # the score optimizer holds these very tensors: keep them, not the loaded copies
         self.state.buffers[SCORES] = self._scores
+
+    def extra_state(self) -> Dict[str, Any]:
+        return {"score_optimizer": self.score_optimizer.state_dict()}
+
+    def load_extra_state(self, extra: Dict[str, Any]) -> None:
+        if "score_optimizer" not in extra:
+            raise ValueError("OptG state_dict lacks extra['score_optimizer'] (the state of the scores' "
+                             "optimizer); it was written by an older regrow: start the run afresh")
+        self.score_optimizer.load_state_dict(extra["score_optimizer"])

@@ -57,10 +57,11 @@ class SNIP(SparseMethod):
         self.apply_masks()
         self._calibrated = True
 
-    def step(self) -> None:
+    def mask_step_gradients(self) -> None:
         if not self._calibrated:
-            raise ValueError("SNIP chooses its mask from data: call calibrate(batches, loss_fn) before step()")
-        super().step()
+            raise ValueError("SNIP chooses its mask from data: call calibrate(batches, loss_fn) before "
+                             "the first optimizer step")
+        super().mask_step_gradients()
 
     def extra_state(self):
         return {"calibrated": self._calibrated}

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import knapsack
 from .. import metrics as mask_metrics
-from ..methods.base import SparseMethod, SparsityConfig, resolve_config, unwrap
+from ..methods.base import Pristine, SparseMethod, SparsityConfig, resolve_config, unwrap
 from ..state import SparseState
 from .groups import ChannelGroup, dim_keeps, find_groups, masked_tensors
 from .slim import kept_indices, slim_, slim_copy
@@ -94,10 +94,12 @@ class ChannelMethod(SparseMethod):
         self.validate_config()
         self.model = unwrap(model)
         self.optimizer = optimizer
+        self._init_step_contract()
         self.generator = torch.Generator().manual_seed(int(self.config.seed))
         self._metrics: List[Dict[str, Any]] = []
         self.example = self._example(example_inputs)
         self._build_structure()
+        self._pristine = Pristine({**self.params, **self.stats}, optimizer)
         self.setup_costs()
         channels = self.initial_channels()
         masks, stats = self._derive(channels)
@@ -231,8 +233,8 @@ class ChannelMethod(SparseMethod):
         super().apply_masks()
         self.mask_stats()
 
-    def step(self) -> None:
-        super().step()
+    def restore_after_update(self) -> None:
+        super().restore_after_update()
         self.mask_stats()
 
     def commit_channels(self, channels: Dict[str, torch.Tensor], grow_init: str = "zero",
@@ -258,10 +260,9 @@ class ChannelMethod(SparseMethod):
 
     # ---- importance and selection ---------------------------------------------------
     def accumulate_importance(self) -> None:
-        """Add this step's Taylor-on-BN score to every group's accumulator (HALP/IEE)."""
-        acc = self.state.buffers["importance"]
-        for g in self.groups:
-            acc[g.name] += bn_taylor(g, self.modules).to(acc[g.name].device)
+        """Add this step's Taylor-on-BN score to every group's accumulator (HALP/IEE),
+        once the optimizer takes the step."""
+        self.stage_scores("importance", {g.name: bn_taylor(g, self.modules) for g in self.groups})
 
     def reset_importance(self) -> None:
         self.state.buffers["importance"] = self._zero_importance()
