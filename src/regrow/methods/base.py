@@ -21,6 +21,9 @@ import contextlib
 import dataclasses
 import fnmatch
 import math
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
@@ -118,6 +121,18 @@ def sparse_parameters(
             f"matches include={list(include) or 'default'} minus exclude={list(exclude)}"
         )
     return chosen
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def warn_user(message: str) -> None:
+    """``warnings.warn(message, UserWarning)`` attributed to the first caller outside
+    regrow (the user's line, however deep inside regrow the warning is raised)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _check_choice(field: str, value: Any, allowed) -> None:
@@ -687,6 +702,15 @@ class DropGrowMethod(SparseMethod):
     @abc.abstractmethod
     def grow_scores(self, step: int) -> Dict[str, torch.Tensor]:
         """Scores over every sparse weight; the highest inactive ones are grown."""
+
+    def warn_if_idle(self) -> None:
+        cfg = self.config
+        if self.dynamic and cfg.update_interval >= self.t_end:
+            warn_user(
+                f"{self.name}: no structure update will happen: update_interval (ΔT) = "
+                f"{cfg.update_interval} steps is not below T_end = {self.t_end} (end_fraction "
+                f"{cfg.end_fraction} × total_steps {cfg.total_steps}), so the mask stays the random "
+                f"initial one; lower update_interval or raise end_fraction")
 
     def before_step(self, step: int) -> None:
         if self.update_due(step):

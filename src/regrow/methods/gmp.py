@@ -12,7 +12,7 @@ import torch
 
 from ..criteria import CRITERIA
 from ..schedules import cubic_density
-from .base import METHODS, SparseMethod, SparsityConfig
+from .base import METHODS, SparseMethod, SparsityConfig, warn_user
 
 
 @dataclass
@@ -40,6 +40,22 @@ class GMP(SparseMethod):
                 "start_fraction and end_fraction must satisfy 0 <= start_fraction < end_fraction <= 1, "
                 f"got {cfg.start_fraction}, {cfg.end_fraction}"
             )
+
+    def prune_steps(self) -> int:
+        """How many pruning events the schedule holds: every multiple of ΔT in
+        [t_0, T_end) after step 0, plus T_end itself."""
+        dt = self.config.update_interval
+        first = max(dt, -(-self.t_start // dt) * dt)   # the first multiple of ΔT at or after t_0
+        return len(range(first, self.t_end, dt)) + 1
+
+    def warn_if_idle(self) -> None:
+        if self.prune_steps() <= 1:
+            cfg = self.config
+            warn_user(
+                f"gmp: the cubic schedule collapses to one-shot pruning at step T_end = {self.t_end}: "
+                f"no multiple of update_interval (ΔT = {cfg.update_interval}) falls between t_0 = "
+                f"{self.t_start} and T_end (total_steps {cfg.total_steps}); lower update_interval to "
+                f"prune gradually")
 
     def initial_masks(self, targets):
         self.final_targets = dict(targets)

@@ -65,7 +65,7 @@ import torch
 
 from ..schedules import sigmoid_mask_lr, sigmoid_ramp, sigmoid_sparsity
 from ..structures import kth_smallest
-from .base import METHODS, SparseMethod, SparsityConfig
+from .base import METHODS, SparseMethod, SparsityConfig, warn_user
 
 SCORES = "optg.scores"
 
@@ -148,6 +148,14 @@ class OptG(SparseMethod):
             raise ValueError(f"tau must be a positive integer (epochs), got {tau!r}")
         if isinstance(cfg.a, bool) or not isinstance(cfg.a, (int, float)) or not cfg.a > 0:
             raise ValueError(f"a (sigmoid steepness) must be a number > 0, got {cfg.a!r}")
+
+    def warn_if_idle(self) -> None:
+        ts = self.config.total_steps
+        if ts is not None and self.config.epoch_steps >= ts:
+            warn_user(
+                f"optg: epoch_steps = {self.config.epoch_steps} is not below total_steps = {ts}: the "
+                f"mask (chosen at epoch boundaries) never changes from the first random one; give "
+                f"epoch_steps the optimizer steps of one epoch")
 
     @property
     def tau(self) -> int:
