@@ -278,3 +278,18 @@ def test_a_transposed_layer_gets_the_transposed_mask(out_blocks, in_blocks, seed
     m_lin = regrow.create("asp", lin, None).state.masks["weight"]
     m_tr = regrow.create("asp", nn.Sequential(tr), None).state.masks["0.weight"]
     assert torch.equal(m_tr, m_lin.t())
+
+
+def test_excluding_a_tied_or_frozen_weight_silences_its_warning():
+    model = TiedLM()
+    model.hidden.weight.requires_grad_(False)
+    model.extra = nn.Linear(8, 8)
+    found = no_warnings(find_sparse_weights, model, exclude=["decoder.weight", "hidden.*"])
+    assert list(found) == ["extra.weight"]
+
+
+def test_warnings_point_at_the_callers_line():
+    model = TiedLM()
+    with pytest.warns(UserWarning) as caught:
+        regrow.create("static", model, None)
+    assert caught[0].filename == __file__

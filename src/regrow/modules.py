@@ -34,6 +34,7 @@ names is sparsified (still with a warning saying what that implies).
 from __future__ import annotations
 
 import fnmatch
+import os
 import sys
 import warnings
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -92,6 +93,15 @@ def layer_input_dim(module: nn.Module) -> Optional[int]:
 def is_sparse_layer(module: nn.Module) -> bool:
     """Whether ``module`` is a layer whose ``weight`` is sparse by default."""
     return layer_input_dim(module) is not None and isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside regrow (the user's line)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -157,49 +167,45 @@ def find_sparse_weights(model: nn.Module, include: Sequence[str] = (),
             return next(iter(declared))
         return 1 if by_id[pid].dim() >= 2 else 0   # [out, in, ...] by convention
 
-    chosen: Dict[int, str] = {}
-    frozen: List[str] = []
-    tied: List[Tuple[str, str]] = []
+    # candidates in order, each tensor once, under the name it was selected by
+    candidates: Dict[int, str] = {}
     if include:
         for pid, names in aliases.items():
             hit = [n for n in names if _matches([n], include)]
             if hit:
-                chosen[pid] = hit[0]
-        found = [chosen[pid] for pid in chosen]
-        for pid, name in chosen.items():
-            if pid in embedded and embedded[pid] != name:
-                warnings.warn(f"'{name}' is the same tensor as embedding '{embedded[pid]}': "
-                              f"include= sparsifies both", UserWarning, stacklevel=3)
-            if not by_id[pid].requires_grad:
-                warnings.warn(f"'{name}' is frozen (requires_grad=False) but include= names it: its "
-                              f"mask is applied, yet it gets no gradient to train or regrow by",
-                              UserWarning, stacklevel=3)
+                candidates[pid] = hit[0]
     else:
-        found = []
-        seen = set()
         for pid, name in layer_order:
-            if pid in seen:   # the same tensor under another name: sparsified once
-                continue
-            seen.add(pid)
-            found.append(name)
-            if pid in embedded:
+            candidates.setdefault(pid, name)   # a tensor reached again: sparsified once
+    out: Dict[str, SparseWeight] = {}
+    excluded: List[str] = []
+    frozen: List[str] = []
+    tied: List[Tuple[str, str]] = []
+    for pid, name in candidates.items():
+        if exclude and _matches(aliases[pid], exclude):
+            excluded.append(name)
+            continue
+        if pid in embedded:
+            if not include:
                 tied.append((name, embedded[pid]))
-            elif not by_id[pid].requires_grad:
+                continue
+            if embedded[pid] != name:
+                _warn(f"'{name}' is the same tensor as embedding '{embedded[pid]}': include= sparsifies both")
+        if not by_id[pid].requires_grad:
+            if not include:
                 frozen.append(name)
-            else:
-                chosen[pid] = name
-        for name, emb in tied:
-            warnings.warn(
-                f"'{name}' is the same tensor as embedding '{emb}' (tied weights): it stays dense, "
-                f"since masking it would sparsify the embedding table too; name it in include= "
-                f"to sparsify both", UserWarning, stacklevel=3)
-        if frozen:
-            warnings.warn(
-                f"frozen weight(s) (requires_grad=False) stay dense: {_listing(frozen)}; unfreeze "
-                f"them before building the method, or name them in include=", UserWarning, stacklevel=3)
-    excluded = [name for pid, name in chosen.items() if exclude and _matches(aliases[pid], exclude)]
-    out = {name: SparseWeight(by_id[pid], input_dim(pid), tuple(aliases[pid]))
-           for pid, name in chosen.items() if name not in excluded}
+                continue
+            _warn(f"'{name}' is frozen (requires_grad=False) but include= names it: its mask is "
+                  f"applied, yet it gets no gradient to train or regrow by")
+        out[name] = SparseWeight(by_id[pid], input_dim(pid), tuple(aliases[pid]))
+    for name, emb in tied:
+        _warn(f"'{name}' is the same tensor as embedding '{emb}' (tied weights): it stays dense, "
+              f"since masking it would sparsify the embedding table too; name it in include= "
+              f"to sparsify both")
+    if frozen:
+        _warn(f"frozen weight(s) (requires_grad=False) stay dense: {_listing(frozen)}; unfreeze "
+              f"them before building the method, or name them in include=")
+    found = list(candidates.values())
     if not out:
         what = f"include={list(include)}" if include else f"the default ({DEFAULT_LAYERS})"
         parts = [f"found: {_listing(found)}"]
