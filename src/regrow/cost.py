@@ -52,7 +52,8 @@ def _example(model: nn.Module, input_shape: Shape) -> torch.Tensor:
 
 
 def layer_flops(model: nn.Module, input_shape: Shape) -> Dict[str, float]:
-    """Dense forward FLOPs per sample of every sparse-layer weight (Conv, Linear, HF Conv1D), keyed by its FQN.
+    """Dense forward FLOPs per sample of every sparse-layer weight (Conv, Linear, HF
+    Conv1D), keyed by its FQN.
 
     ``input_shape``: one sample's shape without the batch dimension (e.g. ``(1, 28, 28)``),
     or an example input batch. One traced forward pass in eval mode without gradients

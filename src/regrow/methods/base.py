@@ -235,6 +235,7 @@ class SparseMethod:
     # the mask comes back in the parameter's layout. Every per-layer structure call goes
     # through these three.
     def _dim(self, name: str) -> int:
+        # channel methods build their parameters themselves, without input_dims
         return self.__dict__.get("input_dims", {}).get(name, 1)
 
     def structure_topk(self, name: str, scores: torch.Tensor, k: int) -> torch.Tensor:
