@@ -257,7 +257,8 @@ def test_nm_blocks_run_along_each_layers_input_dimension(method, opts):
 
 def test_nm_divisibility_is_checked_along_the_input_dimension():
     net = nn.Sequential(Transposed(6, 8))   # 8 outputs divide by 4, 6 inputs do not
-    with pytest.raises(ValueError, match=r"input dimension of '0.weight' to be divisible by m=4, but it is 6"):
+    with pytest.raises(ValueError, match=r"input dimension of '0.weight' to be divisible by m=4, "
+                                         r"but it is 6 \(shape \(8, 6\) as \[out, in, \.\.\.\]\)"):
         regrow.create("static", net, None, structure="nm")
 
 
