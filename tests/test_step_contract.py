@@ -217,7 +217,7 @@ def test_one_optimizer_drives_one_method():
 def test_a_sparse_weight_missing_from_the_optimizer_is_named():
     model = TinyMLP()
     opt = torch.optim.SGD(list(model.fc1.parameters()) + list(model.fc3.parameters()), lr=0.1)
-    with pytest.raises(ValueError, match=r"\['fc2.weight'\] are not in the optimizer"):
+    with pytest.raises(ValueError, match=r"not in the optimizer: .*fc2.weight"):
         regrow.create("static", model, opt, density=0.5)
 
 

@@ -34,7 +34,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .methods.base import SPARSE_MODULES, unwrap
+from .modules import is_sparse_layer, unwrap
 
 Shape = Union[Sequence[int], torch.Tensor]
 
@@ -52,7 +52,8 @@ def _example(model: nn.Module, input_shape: Shape) -> torch.Tensor:
 
 
 def layer_flops(model: nn.Module, input_shape: Shape) -> Dict[str, float]:
-    """Dense forward FLOPs per sample of every Conv/Linear weight, keyed by its FQN.
+    """Dense forward FLOPs per sample of every sparse-layer weight (Conv, Linear, HF
+    Conv1D), keyed by its FQN.
 
     ``input_shape``: one sample's shape without the batch dimension (e.g. ``(1, 28, 28)``),
     or an example input batch. One traced forward pass in eval mode without gradients
@@ -68,13 +69,14 @@ def layer_flops(model: nn.Module, input_shape: Shape) -> Dict[str, float]:
         def fn(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
             if not torch.is_tensor(out):
                 return
-            c_out = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
+            # convolutions put channels in dim 1; Linear and HF Conv1D features last
+            c_out = out.shape[1] if isinstance(mod, nn.modules.conv._ConvNd) else out.shape[-1]
             positions = out.numel() / (batch * c_out)
             flops[name] = flops.get(name, 0.0) + 2.0 * mod.weight.numel() * positions
         return fn
 
     for mn, mod in model.named_modules():
-        if isinstance(mod, SPARSE_MODULES):
+        if is_sparse_layer(mod):
             handles.append(mod.register_forward_hook(hook(f"{mn}.weight" if mn else "weight")))
     modes = {m: m.training for m in model.modules()}
     try:

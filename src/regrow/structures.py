@@ -232,7 +232,7 @@ class NM:
         if shape[1] % self.m:
             raise ValueError(
                 f"N:M sparsity ({self.n}:{self.m}) needs the input dimension of '{name}' to be "
-                f"divisible by m={self.m}, but it is {shape[1]} (shape {tuple(shape)}); "
+                f"divisible by m={self.m}, but it is {shape[1]} (shape {tuple(shape)} as [out, in, ...]); "
                 f"keep it dense with exclude=['{name}']"
             )
 

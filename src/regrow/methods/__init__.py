@@ -1,5 +1,6 @@
 """Sparsity methods. Importing this package registers every built-in method."""
-from .base import METHODS, DropGrowMethod, DynamicConfig, SparseMethod, SparsityConfig, sparse_parameters
+from ..modules import sparse_parameters
+from .base import METHODS, DropGrowMethod, DynamicConfig, SparseMethod, SparsityConfig
 from .asp import ASP
 from .dense import Dense
 from .dst_ee import DSTEE

@@ -19,11 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import fnmatch
 import math
-import os
-import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
@@ -33,6 +29,10 @@ from torch import nn
 from .. import metrics as mask_metrics
 from ..criteria import CRITERIA
 from ..distributions import DISTRIBUTIONS, check_density, layer_counts
+from ..modules import (  # noqa: F401  (SPARSE_MODULES, sparse_parameters, unwrap: re-exported)
+    SPARSE_MODULES, check_in_optimizer, find_sparse_weights, from_canonical, sparse_parameters,
+    to_canonical, unwrap, warn_user,
+)
 from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
 from ..schedules import FRACTION_SCHEDULES, update_fraction
@@ -41,7 +41,6 @@ from ..structures import global_grow, global_prune, global_topk, make_structure
 
 METHODS: "Registry[type]" = Registry("method")
 
-SPARSE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 GROW_INITS = ("zero", "dormant", "keep")
 
 
@@ -54,8 +53,10 @@ class SparsityConfig:
     distribution: ``uniform`` | ``erk`` | ``global``.
     structure: ``unstructured`` | ``nm`` (with ``n``, ``m``).
     dense_first_last: keep the first and last sparse layer dense.
-    include / exclude: fnmatch patterns on parameter names; ``include`` replaces the
-        default (every Conv/Linear weight), ``exclude`` removes names from it.
+    include / exclude: fnmatch patterns on parameter names, matched against every name
+        of a tied tensor; ``include`` replaces the default (every Conv/Linear/HF Conv1D
+        weight that is neither frozen nor tied to an embedding, see
+        :func:`regrow.modules.find_sparse_weights`), ``exclude`` removes tensors from it.
     total_steps: optimizer steps in the whole run (needed by scheduled methods).
     seed: seeds the method's own generator (identical on every rank).
     """
@@ -85,54 +86,6 @@ class DynamicConfig(SparsityConfig):
     end_fraction: float = 0.75
     alpha: float = 0.3
     fraction_schedule: str = "cosine"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel / DataParallel / torch.compile."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def sparse_parameters(
-    model: nn.Module, include: Tuple[str, ...] = (), exclude: Tuple[str, ...] = ()
-) -> Dict[str, nn.Parameter]:
-    """Parameters to sparsify, by FQN: Conv/Linear weights unless ``include`` says otherwise."""
-    model = unwrap(model)
-    if include:
-        chosen = {
-            n: p for n, p in model.named_parameters()
-            if any(fnmatch.fnmatchcase(n, pat) for pat in include)
-        }
-    else:
-        chosen = {
-            f"{mn}.weight" if mn else "weight": mod.weight
-            for mn, mod in model.named_modules()
-            if isinstance(mod, SPARSE_MODULES) and isinstance(mod.weight, nn.Parameter)
-        }
-    chosen = {n: p for n, p in chosen.items() if not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)}
-    if not chosen:
-        raise ValueError(
-            f"model {type(model).__name__} has nothing to sparsify: no Conv/Linear weight "
-            f"matches include={list(include) or 'default'} minus exclude={list(exclude)}"
-        )
-    return chosen
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def warn_user(message: str) -> None:
-    """``warnings.warn(message, UserWarning)`` attributed to the first caller outside
-    regrow (the user's line, however deep inside regrow the warning is raised)."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _check_choice(field: str, value: Any, allowed) -> None:
@@ -246,12 +199,17 @@ class SparseMethod(metaclass=_MethodMeta):
         self.optimizer = optimizer
         self._init_step_contract()
         cfg = self.config
-        self.params = sparse_parameters(self.model, cfg.include, cfg.exclude)
+        found = find_sparse_weights(self.model, cfg.include, cfg.exclude)
+        self.params = {n: w.param for n, w in found.items()}
+        # the weight dimension of each layer's input features: structures see every
+        # weight as [out, in, ...] (see structure_topk), masks stay in its own layout
+        self.input_dims: Dict[str, int] = {n: w.input_dim for n, w in found.items()}
         self.names: List[str] = list(self.params)
+        check_in_optimizer(self.params, optimizer)
         self._pristine = Pristine(self.params, optimizer)
         self.structure = make_structure(cfg.structure, cfg.n, cfg.m)
         for n, p in self.params.items():
-            self.structure.check(n, p.shape)
+            self.structure.check(n, to_canonical(p, self.input_dims[n]).shape)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self._metrics: List[Dict[str, Any]] = []
         targets = self.initial_targets()
@@ -355,7 +313,27 @@ class SparseMethod(metaclass=_MethodMeta):
             for n, m in masks.items():
                 targets[n] = count_true(m)
             return masks
-        return {n: self.structure.topk(s, targets[n]) for n, s in scores.items()}
+        return {n: self.structure_topk(n, s, targets[n]) for n, s in scores.items()}
+
+    # The structure's per-layer operations on one weight, run on its [out, in, ...] view
+    # so that N:M blocks lie along the true input dimension (HF Conv1D stores [in, out]);
+    # the mask comes back in the parameter's layout. Every per-layer structure call goes
+    # through these three.
+    def _dim(self, name: str) -> int:
+        # channel methods build their parameters themselves, without input_dims
+        return self.__dict__.get("input_dims", {}).get(name, 1)
+
+    def structure_topk(self, name: str, scores: torch.Tensor, k: int) -> torch.Tensor:
+        d = self._dim(name)
+        return from_canonical(self.structure.topk(to_canonical(scores, d), k), d)
+
+    def structure_prune(self, name: str, scores: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+        d = self._dim(name)
+        return from_canonical(self.structure.prune(to_canonical(scores, d), to_canonical(mask, d), count), d)
+
+    def structure_grow(self, name: str, scores: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+        d = self._dim(name)
+        return from_canonical(self.structure.grow(to_canonical(scores, d), to_canonical(mask, d), count), d)
 
     # ---- the step contract ------------------------------------------------------
     # Whoever calls ``optimizer.step()`` (``sparsity.step()``, ``scaler.step(optimizer)``,
@@ -455,12 +433,7 @@ class SparseMethod(metaclass=_MethodMeta):
             raise ValueError(
                 f"this optimizer already drives regrow method '{held.name}'; call .detach() on "
                 f"it before building another method on the same optimizer")
-        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
-        missing = [n for n, p in self.params.items() if id(p) not in in_opt]
-        if missing:
-            raise ValueError(
-                f"sparse weight(s) {missing} are not in the optimizer: build the optimizer over "
-                f"model.parameters() (or exclude these names with exclude=[...])")
+        check_in_optimizer(self.params, opt)
         self._hook_handles = [opt.register_step_pre_hook(self._pre_step_hook),
                               opt.register_step_post_hook(self._post_step_hook)]
         self._watch_gradients()
@@ -565,13 +538,13 @@ class SparseMethod(metaclass=_MethodMeta):
         masks = masks if masks is not None else self.state.masks
         if self.is_global:
             return global_prune({n: scores[n] for n in self.names}, {n: masks[n] for n in self.names}, counts["*"])
-        return {n: self.structure.prune(scores[n], masks[n], counts[n]) for n in self.names}
+        return {n: self.structure_prune(n, scores[n], masks[n], counts[n]) for n in self.names}
 
     def grow(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
              masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if self.is_global:
             return global_grow({n: scores[n] for n in self.names}, {n: masks[n] for n in self.names}, counts["*"])
-        return {n: self.structure.grow(scores[n], masks[n], counts[n]) for n in self.names}
+        return {n: self.structure_grow(n, scores[n], masks[n], counts[n]) for n in self.names}
 
     def update_fraction(self, step: int) -> float:
         return update_fraction(self.config.fraction_schedule, step, self.config.alpha, self.t_end)

@@ -362,8 +362,8 @@ class IEE(SparseMethod):
             fn = global_prune if kind == "prune" else global_grow
             out = fn({n: scores[n] for n in sparse}, {n: masks[n] for n in sparse}, counts["*"])
             return {n: out[n] if n in out else masks[n].clone() for n in self.names}
-        fn = self.structure.prune if kind == "prune" else self.structure.grow
-        return {n: fn(scores[n], masks[n], counts[n]) for n in self.names}
+        fn = self.structure_prune if kind == "prune" else self.structure_grow
+        return {n: fn(n, scores[n], masks[n], counts[n]) for n in self.names}
 
     # ---- the structure changes -------------------------------------------------------
     def _prune(self, i: int) -> None:

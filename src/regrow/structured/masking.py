@@ -27,7 +27,8 @@ from torch import nn
 
 from .. import knapsack
 from .. import metrics as mask_metrics
-from ..methods.base import Pristine, SparseMethod, SparsityConfig, resolve_config, unwrap
+from ..methods.base import Pristine, SparseMethod, SparsityConfig, resolve_config
+from ..modules import unwrap
 from ..state import SparseState
 from .groups import ChannelGroup, dim_keeps, find_groups, masked_tensors
 from .slim import kept_indices, slim_, slim_copy
