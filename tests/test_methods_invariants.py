@@ -147,3 +147,51 @@ def test_state_dict_round_trip_resumes_bit_exactly(name, structure, density):
             assert torch.equal(a.params[n], b.params[n]), (step, n)
     _compare_states(a, b)
     assert regrow.mask_checksum(a.state.masks) == regrow.mask_checksum(b.state.masks)
+
+
+def _dense_first_last_cases():
+    out = []
+    for name in regrow.METHODS.names():
+        cls = regrow.METHODS.get(name)
+        if name == "dense":
+            continue
+        if "unstructured" in cls.structures:
+            out.append(pytest.param(name, "unstructured", "global", id=f"{name}-global"))
+            if name != "optg":   # OptG ranks globally only
+                out.append(pytest.param(name, "unstructured", "erk", id=f"{name}-erk"))
+        if "nm" in cls.structures:
+            out.append(pytest.param(name, "nm", "erk", id=f"{name}-nm"))
+    return out
+
+
+@pytest.mark.parametrize("name,structure,distribution", _dense_first_last_cases())
+def test_dense_first_last_layers_stay_dense_through_every_update(name, structure, distribution):
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = make_opt("sgd", model)
+    method = build(name, structure, 0.2 if structure == "unstructured" else None, model, opt,
+                   distribution=distribution, dense_first_last=True)
+    first, last = method.names[0], method.names[-1]
+    prev = {n: m.clone() for n, m in method.state.masks.items()}
+    for step in range(1, TOTAL + 1):
+        train_step(method, model, opt, step)
+        full = check_invariants(method, opt, prev, step)
+        for n in (first, last):
+            assert bool(method.state.masks[n].all()), f"step {step}: {n} lost weights ({name}, {distribution})"
+        if structure == "nm" and full:
+            for n in method.names[1:-1]:
+                assert torch.all(nm_blocks(method.state.masks[n]) == 2), f"step {step}: {n} breaks 2:4"
+        prev = {n: m.clone() for n, m in method.state.masks.items()}
+        method.pop_metrics()
+    assert method.density() < 1.0
+
+
+def test_create_resolves_the_structure_variant():
+    from test_groups import TinyRes
+
+    torch.manual_seed(0)
+    model = TinyRes()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    m = regrow.create("iee", model, opt, structure="channel", input_shape=(3, 8, 8), cost="flops",
+                      latency_target=0.5, H=2, J=2, Q=2, total_steps=40)
+    assert isinstance(m, regrow.ChannelIEE)

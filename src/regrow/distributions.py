@@ -104,13 +104,22 @@ def erk_counts(
 def global_counts(
     shapes: Dict[str, Sequence[int]], density: float, dense: Iterable[str] = ()
 ) -> Dict[str, int]:
-    """Initial split for the global distribution: uniform, rounded so the total is exact."""
+    """Initial split for the global distribution, rounded so the total is exact: the
+    ``dense`` layers whole, the rest of round(density · total) spread uniformly over the
+    other layers (as ERK, the total counts the dense layers too)."""
     check_density(density)
     numel = {k: _numel(s) for k, s in shapes.items()}
-    dense = set(dense)
-    total = int(round(density * sum(numel.values())))
-    ideal = {k: float(numel[k]) if k in dense else density * numel[k] for k in shapes}
-    return _largest_remainder(ideal, max(total, len(shapes)), numel)
+    dense = set(dense) & set(shapes)
+    total = max(int(round(density * sum(numel.values()))), len(shapes))
+    rest = total - sum(numel[k] for k in dense)
+    sparse = sum(numel[k] for k in shapes if k not in dense)
+    if sparse and rest < len(shapes) - len(dense):
+        raise ValueError(
+            f"density {density} is too low to keep {sorted(dense)} dense under the global "
+            f"distribution: they alone hold {total - rest} of the {total} active weights; raise "
+            f"density or set dense_first_last=False")
+    ideal = {k: float(numel[k]) if k in dense else rest * numel[k] / sparse for k in shapes}
+    return _largest_remainder(ideal, total, numel)
 
 
 def layer_counts(

@@ -294,7 +294,9 @@ class SparseMethod(metaclass=_MethodMeta):
         cfg = self.config
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         if cfg.structure == "nm":
-            return {n: self.structure.count(s, cfg.density) for n, s in shapes.items()}
+            dense = set(self.dense_names())
+            return {n: math.prod(s) if n in dense else self.structure.count(s, cfg.density)
+                    for n, s in shapes.items()}
         return layer_counts(cfg.distribution, shapes, cfg.density, self.dense_names())
 
     def initial_masks(self, targets: Dict[str, int]) -> Dict[str, torch.Tensor]:
@@ -313,7 +315,8 @@ class SparseMethod(metaclass=_MethodMeta):
             for n, m in masks.items():
                 targets[n] = count_true(m)
             return masks
-        return {n: self.structure_topk(n, s, targets[n]) for n, s in scores.items()}
+        return {n: torch.ones_like(s, dtype=torch.bool) if targets[n] >= s.numel()
+                else self.structure_topk(n, s, targets[n]) for n, s in scores.items()}
 
     # The structure's per-layer operations on one weight, run on its [out, in, ...] view
     # so that N:M blocks lie along the true input dimension (HF Conv1D stores [in, out]);
@@ -526,25 +529,45 @@ class SparseMethod(metaclass=_MethodMeta):
         return out
 
     # ---- drop / grow helpers shared by dynamic methods -------------------------
-    def drop_counts(self, fraction: float) -> Dict[str, int]:
-        """Ω per layer: ⌊fraction · active⌋ (one total under ``global``)."""
+    def updatable_names(self) -> List[str]:
+        """Layers whose structure changes: not the dense ones (``dense_first_last``, or any
+        layer whose target is all of it), which have nothing inactive to grow."""
         if self.is_global:
-            total = sum(self.state.targets.values())
-            return {"*": int(math.floor(fraction * total))}
-        return {n: int(math.floor(fraction * self.state.targets[n])) for n in self.names}
+            dense = set(self.dense_names())
+            return [n for n in self.names if n not in dense]
+        return [n for n in self.names if self.state.targets[n] < self.params[n].numel()]
+
+    def drop_counts(self, fraction: float) -> Dict[str, int]:
+        """Ω per layer: ⌊fraction · active⌋ (one total over the sparse layers under
+        ``global``); dense layers keep every weight."""
+        sparse = self.updatable_names()
+        if self.is_global:
+            return {"*": int(math.floor(fraction * sum(self.state.targets[n] for n in sparse)))}
+        return {n: int(math.floor(fraction * self.state.targets[n])) if n in sparse else 0
+                for n in self.names}
+
+    def _select(self, kind: str, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
+                masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if self.is_global:
+            sparse = self.updatable_names()
+            fn = global_prune if kind == "prune" else global_grow
+            out = fn({n: scores[n] for n in sparse}, {n: masks[n] for n in sparse}, counts["*"])
+            return {n: out[n] if n in out else masks[n].clone() for n in self.names}
+        sparse = set(self.updatable_names())
+        fn = self.structure_prune if kind == "prune" else self.structure_grow
+        return {n: fn(n, scores[n], masks[n], counts[n]) if n in sparse else masks[n].clone()
+                for n in self.names}
 
     def prune(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
               masks: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
-        masks = masks if masks is not None else self.state.masks
-        if self.is_global:
-            return global_prune({n: scores[n] for n in self.names}, {n: masks[n] for n in self.names}, counts["*"])
-        return {n: self.structure_prune(n, scores[n], masks[n], counts[n]) for n in self.names}
+        """Drop ``counts`` lowest-scored active weights (per layer, or ``counts["*"]`` over
+        the sparse layers under ``global``)."""
+        return self._select("prune", scores, counts, masks if masks is not None else self.state.masks)
 
     def grow(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
              masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        if self.is_global:
-            return global_grow({n: scores[n] for n in self.names}, {n: masks[n] for n in self.names}, counts["*"])
-        return {n: self.structure_grow(n, scores[n], masks[n], counts[n]) for n in self.names}
+        """Activate ``counts`` highest-scored inactive weights (as :meth:`prune`)."""
+        return self._select("grow", scores, counts, masks)
 
     def update_fraction(self, step: int) -> float:
         return update_fraction(self.config.fraction_schedule, step, self.config.alpha, self.t_end)

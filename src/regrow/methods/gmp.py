@@ -63,6 +63,10 @@ class GMP(SparseMethod):
             targets[n] = p.numel()
         return {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.params.items()}
 
+    def updatable_names(self):
+        """Every layer that ends sparse (GMP starts dense, so not the current targets)."""
+        return [n for n in self.names if self.final_targets[n] < self.params[n].numel()]
+
     @property
     def t_start(self) -> int:
         return int(self.config.start_fraction * self.config.total_steps)

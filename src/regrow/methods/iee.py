@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -59,7 +58,6 @@ import torch
 from .. import metrics as mask_metrics
 from ..criteria import CRITERIA
 from ..optim import mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
-from ..structures import global_grow, global_prune
 from .base import METHODS, DynamicConfig, SparseMethod
 
 # keys in SparseState.counters / buffers
@@ -340,38 +338,13 @@ class IEE(SparseMethod):
         crit = CRITERIA.get(self.config.criterion)
         return {n: crit(self.params[n], self.params[n].grad, self.generator) for n in self.names}
 
-    def _sparse_names(self):
-        """Layers IEE updates: not the dense ones (dense_first_last under global, or any
-        layer whose target is all of it), whose Θ_P would be empty."""
-        if self.is_global:
-            dense = set(self.dense_names())
-            return [n for n in self.names if n not in dense]
-        return [n for n in self.names if self.state.targets[n] < self.params[n].numel()]
-
-    def _drop_counts(self, fraction: float) -> Dict[str, int]:
-        """Ω_t = ⌊α_t·|Θ_K|⌋ per layer (one total under ``global``); dense layers keep all."""
-        sparse = self._sparse_names()
-        if self.is_global:
-            return {"*": int(math.floor(fraction * sum(self.state.targets[n] for n in sparse)))}
-        return {n: int(math.floor(fraction * self.state.targets[n])) if n in sparse else 0
-                for n in self.names}
-
-    def _select(self, kind: str, scores, counts, masks) -> Dict[str, torch.Tensor]:
-        if self.is_global:
-            sparse = self._sparse_names()
-            fn = global_prune if kind == "prune" else global_grow
-            out = fn({n: scores[n] for n in sparse}, {n: masks[n] for n in sparse}, counts["*"])
-            return {n: out[n] if n in out else masks[n].clone() for n in self.names}
-        fn = self.structure_prune if kind == "prune" else self.structure_grow
-        return {n: fn(n, scores[n], masks[n], counts[n]) for n in self.names}
-
     # ---- the structure changes -------------------------------------------------------
     def _prune(self, i: int) -> None:
         fraction = self.update_fraction(i)
-        counts = self._drop_counts(fraction)
+        counts = self.drop_counts(fraction)
         scores = self._scores("prune")
         before = dict(self.state.masks)
-        after = self._select("prune", scores, counts, before)
+        after = self.prune(scores, counts, before)
         targets = dict(self.state.targets)
         self.commit(after, record=False)       # pruned values -> dormant, zero state
         self.state.targets = targets           # |Θ_K| shrinks for this IEE step only
@@ -439,7 +412,7 @@ class IEE(SparseMethod):
         kept = dict(self.state.masks)
         counts = self.state.counters.pop(OMEGA)
         fraction = self.state.counters.pop(FRACTION)
-        new = self._select("grow", scores, counts, kept)
+        new = self.grow(scores, counts, kept)
         for n in self.names:
             p, d = self.params[n], self.state.dormant[n]
             with torch.no_grad():
