@@ -1,13 +1,14 @@
 # Two commands for a fresh checkout; each builds .venv on first use.
 #   make run   - the main job: compare methods on MNIST-1D at density 0.1, print a table
-#   make test  - the test suite
+#   make test  - the test suite (it also builds the docs site with mkdocs --strict)
+#   make docs  - build the documentation site into site/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUN_OUT ?= runs/make-run
 
-.PHONY: run test venv clean
+.PHONY: run test docs venv clean
 
 venv: $(STAMP)
 
@@ -24,5 +25,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

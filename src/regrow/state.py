@@ -27,6 +27,10 @@ def count_true(mask: torch.Tensor) -> int:
 
 @dataclass
 class SparseState:
+    """Every piece of mutable sparsity state: masks and target counts keyed by parameter
+    name, the step, dormant values and per-method buffers and counters;
+    ``state_dict()`` holds all of it for a bit-exact resume."""
+
     masks: Dict[str, torch.Tensor]
     targets: Dict[str, int]
     step: int = 0

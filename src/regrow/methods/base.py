@@ -640,6 +640,9 @@ class SparseMethod(metaclass=_MethodMeta):
 
     # ---- persistence ------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to resume bit-exactly: method name, config, the
+        :class:`SparseState`, the method's random generator and its extra state. Save
+        it beside the model's and the optimizer's state_dict."""
         return {
             "method": self.name,
             "config": dataclasses.asdict(self.config),
@@ -649,6 +652,8 @@ class SparseMethod(metaclass=_MethodMeta):
         }
 
     def load_state_dict(self, sd: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output. The model and optimizer may be restored
+        before or after the method was built: the continuation is the same."""
         if not isinstance(sd, dict) or "state" not in sd:
             raise ValueError("not a regrow method state_dict (expected keys method, config, state)")
         if sd.get("method") != self.name:

@@ -65,6 +65,9 @@ def acquisition_scores(grad: torch.Tensor, count: torch.Tensor, t: int, c: float
 
 @METHODS.register("dst_ee")
 class DSTEE(DropGrowMethod):
+    """RigL's drop, growth by S = |∂L/∂W| + c·ln(t)/(N + ε) (Huang et al. 2023, Eq. 1):
+    gradient plus an exploration bonus for rarely active weights."""
+
     name = "dst_ee"
     Config = DSTEEConfig
 

@@ -37,6 +37,9 @@ class HALPConfig(ChannelConfig):
 
 @METHODS.register("halp")
 class HALP(ChannelMethod):
+    """Latency-constrained channel pruning (Shen et al. 2022): Taylor importance on
+    BatchNorm, a knapsack under an exponentially shrinking latency budget, fine-tuning."""
+
     name = "halp"
     Config = HALPConfig
 

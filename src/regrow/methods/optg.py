@@ -108,6 +108,9 @@ def topk_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -
 
 @METHODS.register("optg")
 class OptG(SparseMethod):
+    """Supermask scores trained by the straight-through estimator ∂L/∂m̂ = ∂L/∂(w⊙m)·w,
+    global top-(1 − P_k) mask each epoch on a sigmoid schedule (Zhang et al. 2022)."""
+
     name = "optg"
     Config = OptGConfig
     structures = ("unstructured",)

@@ -14,6 +14,9 @@ from .base import METHODS, DropGrowMethod
 
 @METHODS.register("rigl")
 class RigL(DropGrowMethod):
+    """Every ΔT steps drop the α_t smallest-|w| active weights and grow the inactive ones
+    with the largest dense |∂L/∂w|, new weights 0 (Evci et al. 2020)."""
+
     name = "rigl"
 
     def grow_scores(self, step: int) -> Dict[str, torch.Tensor]:

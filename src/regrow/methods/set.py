@@ -14,6 +14,9 @@ from .base import METHODS, DropGrowMethod
 
 @METHODS.register("set")
 class SET(DropGrowMethod):
+    """Every ΔT steps drop the α_t smallest-|w| active weights and grow as many at random,
+    new weights 0 (Mocanu et al. 2018)."""
+
     name = "set"
 
     def grow_scores(self, step: int) -> Dict[str, torch.Tensor]:

@@ -22,6 +22,9 @@ class SNIPConfig(SparsityConfig):
 
 @METHODS.register("snip")
 class SNIP(SparseMethod):
+    """One-shot mask by connection sensitivity |g ⊙ w| at initialisation (Lee et al. 2019):
+    call ``calibrate(batches, loss_fn)`` before training, then the mask is static."""
+
     name = "snip"
     Config = SNIPConfig
     needs_data = True
