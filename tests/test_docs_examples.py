@@ -2,7 +2,7 @@
 from the code.
 
 One test per page. A page's blocks run in document order in one temporary working
-directory: its ``python`` blocks in one namespace (a reader copies them top to bottom),
+directory (with ``configs/`` linked in, as from the repository root): its ``python`` blocks in one namespace (a reader copies them top to bottom),
 its ``bash`` blocks through bash with ``regrow`` and ``torchrun`` meaning this checkout's
 CLI. ``yaml`` blocks must parse. A block that cannot run here (a real dataset, a GPU,
 hours of training) says so visibly on the page with a title, ```` ```bash title="not run
@@ -64,6 +64,7 @@ AFTER = {"README.md": check_readme}
 @pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_page_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")   # commands name configs/ as from the root
     namespace: dict = {"__name__": "docs_example"}
     ran = 0
     for lang, info, code, line in blocks(page):
