@@ -610,6 +610,13 @@ class SparseMethod(metaclass=_MethodMeta):
         Default: sparse forward + backward ≈ 3·ζ_P (IEE appendix §3; dense: ζ_P = ζ_D)."""
         return 3.0 * zeta_sparse
 
+    def step_flops_physical(self, zeta_sparse: float, zeta_dense: float) -> float:
+        """Training FLOPs per sample the step just taken physically needs with sparse
+        kernels (forward, activation gradients and weight gradients over exactly the
+        weights that are live or updated). The same as :meth:`step_flops` unless the
+        paper's accounting leaves something out (IEE's Reactivate & Explore)."""
+        return self.step_flops(zeta_sparse, zeta_dense)
+
     def expected_counts(self) -> Dict[str, int]:
         """The active count each layer must hold right now (tests check it exactly)."""
         return dict(self.state.targets)

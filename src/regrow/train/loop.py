@@ -568,6 +568,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         if figures:
             summary["structured"] = figures
     summary["train_flops_relative"] = float(ledger.relative)
+    summary["train_flops_physical_relative"] = float(ledger.physical_relative)
     summary["train_flops_executed_relative"] = float(ledger.executed_relative)
     summary["inference_flops"] = float(ledger.inference_flops())
     summary["dense_inference_flops"] = float(ledger.dense_inference_flops())
