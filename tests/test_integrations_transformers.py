@@ -122,6 +122,15 @@ def test_masks_exact_after_every_step_and_updates_on_schedule(tmp_path):
     assert any("regrow/update/n_grown" in h for h in logged)
 
 
+def test_gradient_accumulation_steps_the_method_once_per_optimizer_step(tmp_path):
+    probe, T = _probe_on(RegrowTrainer)
+    cb = RegrowCallback("rigl", density=0.2, update_interval=2)
+    _train(tmp_path, [cb, probe], trainer_cls=T, gradient_accumulation_steps=2, max_steps=4)
+    assert probe.steps == [1, 2, 3, 4] and cb.sparsity.config.total_steps == 4
+    assert [r["step"] for r in cb.records] == [2]   # T_end = 3
+    assert max(probe.pre_step_inactive) == 0.0
+
+
 def test_optg_epoch_steps_follow_the_trainer(tmp_path):
     cb = RegrowCallback("optg", density=0.2)
     _train(tmp_path, [cb], max_steps=2)
