@@ -77,9 +77,10 @@ class Probe(Callback):
     """After each optimizer step: the sparse weights' state, as the callback left it."""
 
     def __init__(self):
-        self.steps = []
+        self.steps, self.params = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.params.append([p.detach().clone() for p in pl_module.parameters()])
         sp = _callback(trainer).sparsity
         counts = sp.expected_counts()
         for n, p in sp.params.items():
@@ -216,6 +217,7 @@ def test_amp_gradscaler_skipped_step_changes_nothing():
     sp = cb.sparsity
     # 6 batches, one skipped: the optimizer (and the method) took 5 steps
     assert sp.state.step == 5 and probe.steps == [1, 2, 3, 4, 4, 5]
+    assert all(torch.equal(a, b) for a, b in zip(probe.params[3], probe.params[4]))   # nothing written
     assert scaler.get_scale() < 2.0 ** 8
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert [r["step"] for r in cb.records if r.get("event") == "update"] == [2]   # T_end = 4

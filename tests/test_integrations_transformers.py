@@ -162,9 +162,13 @@ def test_evaluation_hides_iee_explored_weights(tmp_path):
     assert probe.explored_live and all(probe.explored_live)
 
 
-@pytest.mark.parametrize("method", ["iee", "rigl"])
+RESUME = {"iee": IEE, "rigl": {"density": 0.2, "update_interval": 2},
+          "optg": {"density": 0.2, "epoch_steps": 3}}   # OptG: its own score optimizer (AdamW's class)
+
+
+@pytest.mark.parametrize("method", sorted(RESUME))
 def test_train_resume_from_checkpoint_is_bit_identical(method, tmp_path):
-    opts = IEE if method == "iee" else {"density": 0.2, "update_interval": 2}
+    opts = RESUME[method]
     full_cb = RegrowCallback(method, **opts)
     full = _train(tmp_path, [full_cb], save_strategy="steps", save_steps=6)
     ckpt = tmp_path / "checkpoint-6"   # mid-epoch; for IEE mid Reactivate & Explore
@@ -187,7 +191,7 @@ def test_train_resume_from_checkpoint_is_bit_identical(method, tmp_path):
         for n, m in sparse.items():
             # the checkpoint's model is the sparse model; the explored values ride in STATE_FILE
             assert (weights[n][~m] == 0).all() and (saved["live"][n][~m] != 0).any()
-    else:
+    elif method == "rigl":
         assert saved["live"] == {}
         os.remove(ckpt / STATE_FILE)
         with pytest.raises(FileNotFoundError, match=STATE_FILE):
