@@ -294,3 +294,13 @@ def test_import_regrow_imports_no_framework_and_missing_lightning_names_the_extr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_resuming_a_longer_run_warns_that_schedules_follow_the_new_length(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1, save_on_train_epoch_end=True)
+    _trainer([RegrowCallback("rigl", density=0.2, update_interval=2), ckpt], max_epochs=2,
+             enable_checkpointing=True).fit(Net(), _data())
+    cb = RegrowCallback("rigl", density=0.2, update_interval=2)
+    with pytest.warns(UserWarning, match="total_steps=6 then, 9 now"):
+        _trainer([cb], max_epochs=3).fit(Net(), _data(), ckpt_path=str(tmp_path / "epoch=1-step=6.ckpt"))
+    assert cb.sparsity.state.step == 9 and cb.sparsity.config.total_steps == 9

@@ -82,6 +82,8 @@ def evaluation_view(method: SparseMethod, model: nn.Module) -> Tuple[Dict[str, t
     ``view`` is what the sparse model holds, ``live`` what training holds. A checkpoint
     stores the view as the model's weights (what a user deploys) and the live values
     with the sparsity state (what an exact resume needs)."""
+    if type(method).evaluation is SparseMethod.evaluation:
+        return {}, {}   # the base evaluation() changes nothing: skip copying the model
     params = dict(model.named_parameters())
     before = {n: p.detach().clone() for n, p in params.items()}
     live, view = {}, {}
