@@ -13,7 +13,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from safetensors.torch import load_file  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import (BertConfig, BertForSequenceClassification, Trainer, TrainerCallback,  # noqa: E402
+                          TrainingArguments)
 
 from regrow.integrations.transformers import STATE_FILE, RegrowCallback, RegrowTrainer  # noqa: E402
 
