@@ -397,8 +397,21 @@ class SparseMethod(metaclass=_MethodMeta):
         for n, v in values.items():
             staged[n] = staged[n] + v if n in staged else v
 
-    def _pre_step_hook(self, optimizer, args, kwargs) -> None:
-        self.mask_gradients()
+    def _pre_step_hook(self, optimizer, args, kwargs):
+        # args[0] is the optimizer itself (torch passes the bound call's arguments)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self.mask_gradients()
+            return None
+        # optimizer.step(closure) (Lightning, LBFGS): the closure runs the backward pass
+        # inside step(), after this hook; mask what it computed before the update
+        def masked_closure():
+            loss = closure()
+            self.mask_gradients()
+            return loss
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": masked_closure}
+        return (args[0], masked_closure, *args[2:]), kwargs
 
     def _post_step_hook(self, optimizer, args, kwargs) -> None:
         self._finish_step()
