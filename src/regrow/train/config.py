@@ -13,7 +13,11 @@ update interval ΔT mean the same whatever the world size.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -92,6 +96,8 @@ class RunConfig:
                                                   "train_flops_relative (empty: read from a regrow checkpoint, "
                                                   "0 for a plain state_dict)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    dist_timeout: float = _f(1800.0, "torchrun: seconds a rank waits for the others in a collective before "
+                                     "the run fails (a stopped rank otherwise stalls the rest this long)")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +252,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             options = sorted(set(allowed) - set(HARNESS_METHOD_KEYS))
             raise ValueError(f"unknown option {k!r} for method '{cfg.method}'; allowed: {options} "
                              f"(with structure '{cfg.structure}')")
+    cfg.method_options = check_method_options(cfg.method, cfg.structure, cfg.method_options)
     if not cfg.model.startswith("tv:"):
         models_mod.MODELS.get(cfg.model)
     data_mod.DATASETS.get(cfg.data)
@@ -269,6 +276,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"pretrained_epochs must be >= 0, got {cfg.pretrained_epochs}")
         if cfg.pretrained is None:
             raise ValueError("pretrained_epochs needs pretrained (the checkpoint those epochs produced)")
+    if not cfg.dist_timeout > 0:
+        raise ValueError(f"dist_timeout must be a positive number of seconds, got {cfg.dist_timeout}")
     if cfg.threads is not None and cfg.threads <= 0:
         raise ValueError(f"threads must be a positive integer, got {cfg.threads}")
     if cfg.image_size is not None and cfg.image_size <= 0:
@@ -295,6 +304,88 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.data_root is not None and not Path(cfg.data_root).exists():
         raise FileNotFoundError(f"data_root {cfg.data_root} does not exist")
     return cfg
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_method_options(method: str, structure: Optional[str], options: Dict[str, Any]) -> Dict[str, Any]:
+    """Check each method option against the type of its field in the method's Config
+    (``--opt alpha=abc`` -> "method option 'alpha' of 'rigl' must be float, got 'abc'");
+    return the options with YAML strings such as ``1e-3`` converted to the field's type."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from ..methods.base import method_class
+
+    cls = method_class(method, structure)
+    hints = typing.get_type_hints(cls.Config)
+    out = dict(options)
+    for k, v in options.items():
+        hint = hints.get(k)
+        if hint is None:
+            continue  # unknown options are named by validate()
+        args = typing.get_args(hint)
+        if isinstance(v, str) and k in ("include", "exclude"):
+            continue  # one pattern stands for a one-element tuple
+        ok, conv = not (isinstance(v, bool) and hint is not bool and bool not in args), v
+        if ok:
+            try:
+                adapter = TypeAdapter(hint)
+            except Exception:  # a type pydantic cannot check (none today): the method checks it
+                continue
+            try:
+                conv = adapter.validate_python(v)
+            except ValidationError as e:
+                ok, why = False, e.errors()[0]["msg"]
+        else:
+            why = "a boolean is not a number"
+        if not ok:
+            raise ValueError(f"method option {k!r} of '{method}' must be {_type_name(hint)}, got {v!r} ({why})")
+        if isinstance(conv, (int, float, str)) and not isinstance(v, (list, tuple, dict)):
+            out[k] = conv  # '1e-3' -> 0.001; lists stay lists (YAML can write them)
+    return out
+
+
+# Fields that say how or where a run executes, not what it computes: they may differ
+# between a checkpoint and its directory (``resume --device``) and between compare cells.
+OPERATIONAL = ("out", "quiet", "device", "threads", "num_workers", "data_root", "eval_batch_size",
+               "log_every", "eval_every", "checkpoint_every", "dist_timeout", "compile")
+
+
+def identity(cfg: Any) -> Dict[str, Any]:
+    """The fields of a resolved config that decide what a run computes."""
+    d = cfg.to_dict() if isinstance(cfg, RunConfig) else build(cfg).to_dict()
+    return {k: v for k, v in d.items() if k not in OPERATIONAL}
+
+
+def fingerprint(cfg: Any) -> str:
+    """A short hash of :func:`identity` (method, model, data, options, schedule, seed, ...)."""
+    text = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differences(a: Any, b: Any) -> Dict[str, tuple]:
+    """Fields (of :func:`identity`) whose values differ: name -> (a's, b's)."""
+    ia, ib = identity(a), identity(b)
+    return {k: (ia.get(k), ib.get(k)) for k in sorted(set(ia) | set(ib))
+            if json.dumps(ia.get(k), sort_keys=True, default=str) != json.dumps(ib.get(k), sort_keys=True, default=str)}
+
+
+def check_stored_data_root(data_root: Optional[str], run_dir: os.PathLike) -> None:
+    """A data root read from a run directory someone else may have made: refuse one that
+    lies inside that directory (its files would come with the download). Relative roots
+    mean the user's working directory, as for every path given on the command line."""
+    if data_root is None:
+        return
+    root = Path(data_root).expanduser().resolve()
+    run = Path(run_dir).resolve()
+    if root == run or run in root.parents:
+        raise ValueError(
+            f"data_root {data_root!r} stored in {run_dir} lies inside that run directory; a run "
+            f"directory's own files are not trusted as data: pass --data-root DIR naming your copy of the data")
 
 
 def dump(cfg: RunConfig) -> str:
