@@ -356,8 +356,11 @@ def _compare(args: argparse.Namespace) -> int:
         if _is_main() and "test_top1" in s:
             print(f"[{i}/{len(cells)}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: "
                   f"top-1 {100 * s['test_top1']:.2f}%  ({s['wall_seconds']:.1f} s)", flush=True)
-    if _is_main():
-        table = render_compare(out, order=methods, runs=[Path(c.out) for c in cells])
+    runs = [Path(c.out) for c in cells]
+    if _is_main() and not any((r / "summary.json").is_file() for r in runs):
+        print(f"no cell finished yet; continue with the same 'regrow compare' command ({out})")
+    elif _is_main():
+        table = render_compare(out, order=methods, runs=runs)
         print(table)
         print(f"compare directory: {out} ({time.perf_counter() - t0:.0f} s)")
     return 0

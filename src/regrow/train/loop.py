@@ -460,7 +460,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             if state.get("ledger") is not None:
                 ledger.load_state_dict(state["ledger"])
         except (RuntimeError, KeyError, TypeError, IndexError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
             raise ValueError(
                 f"{out / CHECKPOINT} does not fit the run its config describes (model '{cfg.model}', "
                 f"method '{cfg.method}'): {type(e).__name__}: {first[:300]}") from None
