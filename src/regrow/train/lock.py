@@ -36,7 +36,7 @@ def _holder(path: Path) -> str:
     if not info:
         return "another process (no holder recorded yet)"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
-    return f"PID {info.get('pid')} on host {info.get('host')} (since {since}: {info.get('command', '?')})"
+    return f"PID {info.get('pid')} on host {info.get('host')} ({info.get('command', '?')}, since {since})"
 
 
 class RunLock:
@@ -71,7 +71,7 @@ class RunLock:
         if os.fstat(fd).st_size:
             self.stale = _holder(self.path)  # left by a writer that died holding it
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                "command": f"{self.command} " + " ".join(sys.argv[1:])}
+                "command": self.command, "argv": sys.argv}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
