@@ -506,3 +506,13 @@ def test_structure_updates_log_the_mask_checksum(finished):
     summary = json.loads((finished / "summary.json").read_text())
     assert method[-1]["mask_checksum"] == summary["mask_checksums"][0]  # no update after the last one
     assert summary["config_fingerprint"] == ckpt.load(finished / "checkpoint.pt")["fingerprint"]
+
+
+def test_resume_of_a_run_killed_before_writing_anything_says_what_to_run(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".regrow.lock").write_text('{"pid": 1}')  # what a kill -9 during data loading leaves
+    rc, err = quiet_main(["resume", str(run)])
+    assert rc == 2 and "start it again with the same 'regrow train ... --out" in err, err
+    assert quiet_main(["train", *TINY, "--out", str(run)])[0] == 0  # and that works: the lock was stale
+    assert not (run / ".regrow.lock").exists()

@@ -215,6 +215,11 @@ def _resume(args: argparse.Namespace) -> int:
                and not (run_dir / SUMMARY).exists())
     if restart:  # stopped before its first checkpoint: nothing to continue, start it again
         stored = C.load_yaml(str(run_dir / CONFIG))
+    elif run_dir.is_dir() and not (run_dir / CHECKPOINT).exists() and not (run_dir / SUMMARY).exists():
+        raise FileNotFoundError(
+            f"checkpoint {run_dir / CHECKPOINT} does not exist and {run_dir} has no {CONFIG} either: its run "
+            "stopped before writing anything; start it again with the same 'regrow train ... --out "
+            f"{run_dir}' command")
     else:
         state = ckpt.load(run_dir / CHECKPOINT)
         stored = state["config"]

@@ -476,7 +476,8 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             method.calibrate(batches, loss_fn)
         if ctx.is_main:  # the run is known to start: only now clear (--overwrite) and write
             prepare_out(out, overwrite)
-            ckpt.write_text(out / CONFIG, dump(cfg))
+            ckpt.write_text(out / CONFIG, f"# config fingerprint {fingerprint(cfg)} (checkpoint.pt and summary.json "
+                                          f"carry the same)\n" + dump(cfg))
 
     def wrap(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
         net: nn.Module = model
