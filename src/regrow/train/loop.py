@@ -376,6 +376,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             check_checkpoint_belongs(out, state)
         elif not check_only:
             check_out(out, overwrite)
+            dist_utils.barrier(ctx)  # every rank has looked before rank 0 writes anything
         return _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model,
                     overwrite=overwrite, check_only=check_only)
     finally:
