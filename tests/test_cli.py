@@ -29,9 +29,10 @@ def run(argv, capsys):
     ("train", ["--method", "--density", "--distribution", "--epochs", "--batch-size", "--lr", "--seed",
                "--out", "--config", "--opt", "--update-interval", "--alpha", "--grad-accum", "--amp",
                "--deterministic", "--pretrained", "--quiet", "--structure", "--latency-target", "--latency-ms",
-               "--cost", "--latency-table", "--slim-after-updates", "--data-seed", "--pretrained-epochs"]),
-    ("compare", ["--methods", "--densities", "--seeds", "--out", "--config", "--epochs"]),
-    ("resume", ["run_dir", "--quiet"]),
+               "--cost", "--latency-table", "--slim-after-updates", "--data-seed", "--pretrained-epochs",
+               "--dist-timeout"]),
+    ("compare", ["--methods", "--densities", "--seeds", "--out", "--config", "--epochs", "--overwrite"]),
+    ("resume", ["run_dir", "--quiet", "--data-root"]),
     ("report", ["path"]),
 ])
 def test_help_of_every_subcommand(command, flags, capsys):
