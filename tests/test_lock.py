@@ -63,3 +63,20 @@ def test_a_lock_is_not_reentrant_across_instances(tmp_path):
             RunLock(tmp_path).acquire()
     with RunLock(tmp_path):  # free again after release
         pass
+
+
+def test_a_read_only_directory_is_readable_without_a_lock_but_not_writable(tmp_path, monkeypatch):
+    import errno
+
+    real_open = os.open
+
+    def read_only(path, flags, *a):
+        if str(path).endswith(LOCK_NAME):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with RunLock(tmp_path, "export", read_only_ok=True) as lock:
+        assert lock.fd is None
+    with pytest.raises(ValueError, match="cannot create the lock file .*Read-only file system.*must be writable"):
+        RunLock(tmp_path, "train").acquire()

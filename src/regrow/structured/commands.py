@@ -121,7 +121,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from ..train.lock import RunLock
 
-    with RunLock(args.run_dir, "regrow export"):  # no trainer rewrites the run meanwhile
+    with RunLock(args.run_dir, "regrow export", read_only_ok=True):  # no trainer rewrites the run meanwhile
         run = load_run(args.run_dir)
     model, example = run["model"], torch.zeros((1,) + run["shape"])
     if args.slim:

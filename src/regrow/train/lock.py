@@ -12,6 +12,7 @@ Advisory locks need a local filesystem (or NFSv4 with lock support).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -42,8 +43,10 @@ def _holder(path: Path) -> str:
 class RunLock:
     """``with RunLock(run_dir, "train"):`` — exclusive, non-blocking; raises :class:`RunLocked`."""
 
-    def __init__(self, run_dir: os.PathLike, command: str = "regrow"):
+    def __init__(self, run_dir: os.PathLike, command: str = "regrow", read_only_ok: bool = False):
         self.dir = Path(run_dir)
+        # a reader (export) of a directory it cannot write: no writer can work there either
+        self.read_only_ok = read_only_ok
         self.path = self.dir / LOCK_NAME
         self.command = command
         self.fd: Optional[int] = None
@@ -52,9 +55,15 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.created = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                if self.read_only_ok and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    return self  # nobody can write here: read without a lock
+                raise ValueError(f"cannot create the lock file {self.path} ({e.strerror}); "
+                                 "the run directory must be writable") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
