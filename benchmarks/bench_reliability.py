@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import hashlib
 import io
-import json
 import os
 import pickle
 import random
