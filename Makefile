@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/regrow compare --config configs/quick-mnist1d.yaml --out $(RUN_OUT)
+	$(VENV)/bin/regrow compare --config configs/quick-mnist1d.yaml --out $(RUN_OUT) --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

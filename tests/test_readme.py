@@ -22,3 +22,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     sparsity = namespace["sparsity"]
     assert sparsity.state.step == len(namespace["loader"]) * (namespace["epochs"] + 1)
     assert sparsity.pop_metrics(), "the README's IEE run made no structure change"
+    hf = namespace["trainer"]   # the last example: RigL under the HF Trainer
+    sp = next(c for c in hf.callback_handler.callbacks if hasattr(c, "sparsity")).sparsity
+    assert sp.state.step == 40 and abs(sp.density() - 0.1) < 0.01

@@ -15,7 +15,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import matplotlib
 
@@ -191,10 +191,12 @@ def compare_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_compare(compare_dir, order: List[str] = ()) -> str:
-    """Write results.csv, results.md and plots for a compare directory; return the table."""
+def render_compare(compare_dir, order: List[str] = (), runs: Optional[List[Path]] = None) -> str:
+    """Write results.csv, results.md and plots for a compare directory; return the table.
+    ``runs``: the cells to show (``regrow compare`` passes exactly its grid); default: every
+    ``*/summary.json``."""
     compare_dir = Path(compare_dir)
-    runs = find_runs(compare_dir)
+    runs = find_runs(compare_dir) if runs is None else [r for r in runs if (Path(r) / "summary.json").is_file()]
     if not runs:
         raise FileNotFoundError(f"{compare_dir} holds no finished runs (no */summary.json)")
     summaries = [read_summary(r) for r in runs]

@@ -94,6 +94,7 @@ def load_run(run_dir: str) -> Dict[str, Any]:
     path = Path(run_dir) / "checkpoint.pt"
     state = ckpt.load(path)
     cfg = C.from_dict(state["config"])
+    C.check_stored_data_root(cfg.data_root, run_dir)  # a downloaded run brings no data of its own
     model, shape = _model_and_shape(cfg.model, cfg.data, cfg.data_root, cfg.image_size, cfg.seed, cfg.synthetic)
     msd = state["method"]
     buffers = msd.get("state", {}).get("buffers", {})
@@ -118,7 +119,10 @@ def _export(args: argparse.Namespace) -> int:
     from .latency import measure_model
     from .slim import export, portable
 
-    run = load_run(args.run_dir)
+    from ..train.lock import RunLock
+
+    with RunLock(args.run_dir, "regrow export", read_only_ok=True):  # no trainer rewrites the run meanwhile
+        run = load_run(args.run_dir)
     model, example = run["model"], torch.zeros((1,) + run["shape"])
     if args.slim:
         info = export(model, run["groups"], run["channels"], example, args.out)
