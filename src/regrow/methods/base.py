@@ -49,7 +49,9 @@ class SparsityConfig:
     density: fraction of sparse weights kept, in (0, 1]; ``None`` means 0.1, or N/M
         for the ``nm`` structure (where any other value is an error).
     distribution: ``uniform`` | ``erk`` | ``global``.
-    structure: ``unstructured`` | ``nm`` (with ``n``, ``m``).
+    structure: ``unstructured`` | ``nm`` (with ``n``, ``m``) | ``fanin`` (every output
+        neuron keeps the same number of inputs; per-layer counts rounded to a multiple of
+        the layer's outputs).
     dense_first_last: keep the first and last sparse layer dense.
     include / exclude: fnmatch patterns on parameter names; ``include`` replaces the
         default (every Conv/Linear weight), ``exclude`` removes names from it.
@@ -152,7 +154,7 @@ class SparseMethod:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = SparsityConfig
-    structures: ClassVar[Tuple[str, ...]] = ("unstructured", "nm")
+    structures: ClassVar[Tuple[str, ...]] = ("unstructured", "nm", "fanin")
     needs_total_steps: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
     keeps_dormant: ClassVar[bool] = False
@@ -199,6 +201,9 @@ class SparseMethod:
                 raise ValueError("distribution 'global' cannot be combined with structure 'nm'; "
                                  "allowed with nm: uniform, erk (both give n/m per layer)")
             self.config = dataclasses.replace(cfg, density=cfg.n / cfg.m)
+        elif cfg.structure == "fanin" and cfg.distribution == "global":
+            raise ValueError("distribution 'global' cannot be combined with structure 'fanin' "
+                             "(every neuron keeps k inputs per layer); allowed with fanin: uniform, erk")
         elif cfg.density is None:
             self.config = dataclasses.replace(cfg, density=0.1)
         else:
@@ -237,7 +242,10 @@ class SparseMethod:
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         if cfg.structure == "nm":
             return {n: self.structure.count(s, cfg.density) for n, s in shapes.items()}
-        return layer_counts(cfg.distribution, shapes, cfg.density, self.dense_names())
+        counts = layer_counts(cfg.distribution, shapes, cfg.density, self.dense_names())
+        if cfg.structure == "fanin":   # k per output neuron: a multiple of the outputs
+            counts = {n: self.structure.round_count(shapes[n], c) for n, c in counts.items()}
+        return counts
 
     def initial_masks(self, targets: Dict[str, int]) -> Dict[str, torch.Tensor]:
         """Random masks at the targets (globally ranked under ``global``)."""
