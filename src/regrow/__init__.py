@@ -5,6 +5,7 @@ from .methods import (  # noqa: F401  (importing registers the methods)
 from .methods import DSTEE, OptG  # noqa: F401
 from .methods import ASP, IEE  # noqa: F401
 from .state import SparseState, check_masks_synchronized, mask_checksum
+from .deploy import export, load as load_export  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,5 @@ __all__ = [
     "create", "METHODS", "SparseMethod", "DropGrowMethod", "SparseState", "mask_checksum",
     "check_masks_synchronized",
     "Dense", "Static", "SNIP", "SET", "RigL", "GMP", "DSTEE", "OptG", "IEE", "ASP", "__version__",
+    "export", "load_export",
 ]

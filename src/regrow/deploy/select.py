@@ -1,0 +1,94 @@
+"""Per-layer kernel choice by measurement (as TensorRT picks kernels), and the timer.
+
+:func:`choose` is a pure function of the timings, so tests inject them. The timer runs
+the candidates interleaved (one chunk of each per round, the order rotating every round)
+and keeps the median per candidate, so a burst of load from another process hits every
+candidate alike instead of one of them."""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+
+Timings = Mapping[str, Mapping[int, float]]   # candidate ("dense" | "kind:kernel") -> batch -> ms
+
+
+def choose(timings: Timings, margin: float = 1.0) -> Dict[str, object]:
+    """The layer's format and per-batch kernels from measured times.
+
+    Each sparse format (``csr``, ``bsr8``, ``fanin``...) runs, at every batch size, its
+    fastest kernel; its score is the mean over batch sizes of ``t_format / t_dense``. The
+    best-scoring format wins if its score is below ``margin`` (ties keep dense), so at a
+    single batch size a sparse layer is never chosen when it is slower than dense.
+    Returns ``{"format", "kernels": [(batch, kernel)], "score", "dense_ms", "sparse_ms"}``
+    (``sparse_ms``: the best sparse format's times, chosen or not)."""
+    if "dense" not in timings:
+        raise ValueError("timings need a 'dense' entry (batch -> ms)")
+    dense = {int(b): float(t) for b, t in timings["dense"].items()}
+    if not dense:
+        raise ValueError("timings for 'dense' are empty: measure at least one batch size")
+    formats: Dict[str, Dict[int, Tuple[float, str]]] = {}
+    for cand, per_batch in timings.items():
+        if cand == "dense":
+            continue
+        fmt, _, kernel = cand.partition(":")
+        best = formats.setdefault(fmt, {})
+        for b, t in per_batch.items():
+            b, t = int(b), float(t)
+            if b not in dense:
+                raise ValueError(f"candidate {cand!r} was timed at batch {b}, dense was not")
+            if b not in best or t < best[b][0]:
+                best[b] = (t, kernel or fmt)
+    scored = []
+    for fmt, best in formats.items():
+        if set(best) != set(dense):
+            raise ValueError(f"format {fmt!r} lacks timings at batch sizes {sorted(set(dense) - set(best))}")
+        score = statistics.fmean(best[b][0] / dense[b] for b in dense)
+        scored.append((score, fmt))
+    if not scored:
+        return {"format": "dense", "kernels": [], "score": 1.0, "dense_ms": dense, "sparse_ms": {}}
+    score, fmt = min(scored)
+    best = formats[fmt]
+    out = {"format": fmt if score < margin else "dense", "score": score, "dense_ms": dense,
+           "sparse_ms": {b: best[b][0] for b in sorted(best)}, "best_sparse": fmt}
+    out["kernels"] = [(b, best[b][1]) for b in sorted(best)] if score < margin else []
+    return out
+
+
+def time_alternating(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
+                     target_ms: float = 2.0) -> Dict[str, float]:
+    """Median milliseconds per call of each function, measured interleaved.
+
+    Each timed chunk runs a function ``number`` times (set once so that a chunk lasts about
+    ``target_ms``: timer resolution and call overhead stay negligible); every round times
+    one chunk of each function, the order rotating by one each round."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats}")
+    names = list(fns)
+    number: Dict[str, int] = {}
+    for n in names:
+        for _ in range(warmup):
+            fns[n]()
+        t0 = time.perf_counter()
+        fns[n]()
+        one = max(time.perf_counter() - t0, 1e-7)
+        number[n] = max(1, min(1000, int(target_ms / 1e3 / one)))
+    samples: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            f, k = fns[n], number[n]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                f()
+            samples[n].append((time.perf_counter() - t0) / k * 1e3)
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def rows_for(batch: int, rows_per_sample: float) -> int:
+    return max(1, int(round(batch * rows_per_sample)))
+
+
+def geo_mean(values: Sequence[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
