@@ -315,7 +315,7 @@ def _export(model, path, fmt, example, bs, masks, timings, threads, repeats, n, 
             if decision["format"] == "dense":
                 continue
             mod = cands[decision["format"]]
-            mod.kernels = [(rows_for(b, layer.rows_per_sample), k) for b, k in decision["kernels"]]
+            mod.set_kernels([(rows_for(b, layer.rows_per_sample), k) for b, k in decision["kernels"]])
             mod.layout, mod.stride = layer.layout, layer.stride
             if fmt == "nm":
                 mod = mod.to(layer.weight.device)

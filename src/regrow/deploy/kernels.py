@@ -26,6 +26,7 @@ the pair whose ``rows`` is nearest (in log scale) to its own. Every tensor is a 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -34,6 +35,8 @@ from torch import nn
 
 KINDS = ("csr", "bsr", "fanin", "nm")
 KERNELS = {"csr": ("mv", "spmm", "ebag"), "bsr": ("spmm",), "fanin": ("mv", "ebag", "spmm"), "nm": ("mm",)}
+# "dense": W expanded once (lazily) for row counts where no sparse kernel beat dense
+ALLOWED = {k: v + ("dense",) for k, v in KERNELS.items()}
 
 
 def _nearest(kernels: Sequence[Tuple[int, str]], rows: int) -> str:
@@ -57,10 +60,10 @@ class SparseLinear(nn.Module):
             raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
         if layout not in ("linear", "conv"):
             raise ValueError(f"layout must be linear or conv; got {layout!r}")
-        bad = [kn for _, kn in kernels if kn not in KERNELS[kind]]
+        bad = [kn for _, kn in kernels if kn not in ALLOWED[kind]]
         if not kernels or bad:
             raise ValueError(f"kernels for {kind} must be (rows, name) pairs with names in "
-                             f"{KERNELS[kind]}; got {list(kernels)}")
+                             f"{ALLOWED[kind]}; got {list(kernels)}")
         self.kind, self.layout = kind, layout
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.kernels: List[Tuple[int, str]] = [(int(r), str(kn)) for r, kn in kernels]
@@ -86,6 +89,16 @@ class SparseLinear(nn.Module):
             self.register_buffer("col", torch.zeros(out_features, blocks, n, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
         self._cache: Optional[Tuple] = None
+        self._dense: Optional[torch.Tensor] = None
+        self._picked: dict = {}   # rows -> kernel, memoised (the forward runs per call)
+
+    def set_kernels(self, kernels: Sequence[Tuple[int, str]]) -> None:
+        bad = [kn for _, kn in kernels if kn not in ALLOWED[self.kind]]
+        if not kernels or bad:
+            raise ValueError(f"kernels for {self.kind} must be (rows, name) pairs with names in "
+                             f"{ALLOWED[self.kind]}; got {list(kernels)}")
+        self.kernels = [(int(r), str(kn)) for r, kn in kernels]
+        self._picked = {}
 
     # ---- construction --------------------------------------------------------------
     def spec(self) -> dict:
@@ -162,22 +175,18 @@ class SparseLinear(nn.Module):
         return mod
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = None
+        self._cache = self._dense = None
         super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda(): rebuild the sparse tensors
-        self._cache = None
+        self._cache = self._dense = None
         return super()._apply(fn, recurse)
 
     # ---- the kernels -------------------------------------------------------------
     def dense_weight(self) -> torch.Tensor:
-        """``W`` as a dense ``[out, in]`` tensor (for checks and padding)."""
-        if self.kind == "csr":
-            return torch.sparse_csr_tensor(self.crow, self.col, self.values,
-                                           (self.out_features, self.in_features)).to_dense()
-        if self.kind == "bsr":
-            return torch.sparse_bsr_tensor(self.crow, self.col, self.values,
-                                           (self.out_features, self.in_features)).to_dense()
+        """``W`` as a dense ``[out, in]`` tensor (for checks, padding and the dense kernel)."""
+        if self.kind in ("csr", "bsr"):
+            return self._sparse().to_dense()
         if self.kind == "fanin":
             w = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype,
                             device=self.values.device)
@@ -188,26 +197,37 @@ class SparseLinear(nn.Module):
 
     def _sparse(self):
         if self._cache is None:
-            shape = (self.out_features, self.in_features)
-            if self.kind == "csr":
-                self._cache = (torch.sparse_csr_tensor(self.crow, self.col, self.values, shape),)
-            elif self.kind == "bsr":
-                self._cache = (torch.sparse_bsr_tensor(self.crow, self.col, self.values, shape),)
-            elif self.kind == "fanin":
-                k = self.col.shape[1]
-                crow = torch.arange(0, self.out_features * k + 1, k, dtype=torch.int32, device=self.col.device)
-                csr = torch.sparse_csr_tensor(crow, self.col.reshape(-1), self.values.reshape(-1), shape)
-                self._cache = (csr,)
-            else:
-                self._cache = (semi_structured(self.dense_weight()),)
+            with warnings.catch_warnings():   # "sparse CSR support is in beta": said once is enough
+                warnings.filterwarnings("ignore", message=".*Sparse (CSR|BSR) tensor support.*")
+                warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*")
+                self._cache = self._build()
         return self._cache[0]
+
+    def _build(self) -> Tuple:
+        shape = (self.out_features, self.in_features)
+        if self.kind == "csr":
+            return (torch.sparse_csr_tensor(self.crow, self.col, self.values, shape),)
+        if self.kind == "bsr":
+            return (torch.sparse_bsr_tensor(self.crow, self.col, self.values, shape),)
+        if self.kind == "fanin":   # the equal-length CSR the condensed layout defines
+            k = self.col.shape[1]
+            crow = torch.arange(0, self.out_features * k + 1, k, dtype=torch.int32, device=self.col.device)
+            return (torch.sparse_csr_tensor(crow, self.col.reshape(-1), self.values.reshape(-1), shape),)
+        return (semi_structured(self.dense_weight()),)
 
     def matmul(self, x2: torch.Tensor, kernel: Optional[str] = None) -> torch.Tensor:
         """``x2 Wᵀ + b`` for a 2-D ``x2 [rows, in]``; ``kernel`` overrides the chosen one."""
         rows = x2.shape[0]
-        kernel = kernel or _nearest(self.kernels, rows)
+        if kernel is None:
+            kernel = self._picked.get(rows)
+            if kernel is None:
+                kernel = self._picked[rows] = _nearest(self.kernels, rows)
         if self.kind == "nm":
             return self._nm(x2)
+        if kernel == "dense":
+            if self._dense is None:
+                self._dense = self.dense_weight()
+            return F.linear(x2, self._dense, self.bias)
         if kernel == "mv" and rows == 1:
             y = torch.mv(self._sparse(), x2[0]).unsqueeze(0)
         elif kernel == "ebag" and rows >= 1:
@@ -233,6 +253,8 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, kernel: Optional[str] = None) -> torch.Tensor:
         if self.layout == "linear":
+            if x.dim() == 2:
+                return self.matmul(x, kernel)
             lead = x.shape[:-1]
             y = self.matmul(x.reshape(-1, self.in_features), kernel)
             return y.reshape(*lead, self.out_features)

@@ -14,15 +14,17 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 Timings = Mapping[str, Mapping[int, float]]   # candidate ("dense" | "kind:kernel") -> batch -> ms
 
 
-def choose(timings: Timings, margin: float = 1.0) -> Dict[str, object]:
+def choose(timings: Timings, margin: float = 1.0, dense_kernel: bool = True) -> Dict[str, object]:
     """The layer's format and per-batch kernels from measured times.
 
     Each sparse format (``csr``, ``bsr8``, ``fanin``...) runs, at every batch size, its
-    fastest kernel; its score is the mean over batch sizes of ``t_format / t_dense``. The
-    best-scoring format wins if its score is below ``margin`` (ties keep dense), so at a
-    single batch size a sparse layer is never chosen when it is slower than dense.
-    Returns ``{"format", "kernels": [(batch, kernel)], "score", "dense_ms", "sparse_ms"}``
-    (``sparse_ms``: the best sparse format's times, chosen or not)."""
+    fastest kernel; with ``dense_kernel`` that includes ``dense`` (the weight expanded once
+    at load, for the batch sizes where no sparse kernel wins: the file stays compressed,
+    memory holds both). A format's score is the mean over batch sizes of ``t / t_dense``;
+    the best-scoring format wins if its score is below ``margin`` (ties keep the plain dense
+    layer), so at no measured batch size is the chosen layer slower than dense.
+    Returns ``{"format", "kernels": [(batch, kernel)], "score", "dense_ms", "sparse_ms",
+    "best_sparse"}`` (``sparse_ms``: the best format's times with its own kernels only)."""
     if "dense" not in timings:
         raise ValueError("timings need a 'dense' entry (batch -> ms)")
     dense = {int(b): float(t) for b, t in timings["dense"].items()}
@@ -44,16 +46,17 @@ def choose(timings: Timings, margin: float = 1.0) -> Dict[str, object]:
     for fmt, best in formats.items():
         if set(best) != set(dense):
             raise ValueError(f"format {fmt!r} lacks timings at batch sizes {sorted(set(dense) - set(best))}")
-        score = statistics.fmean(best[b][0] / dense[b] for b in dense)
-        scored.append((score, fmt))
+        run = {b: (dense[b], "dense") if dense_kernel and dense[b] <= best[b][0] else best[b] for b in dense}
+        score = statistics.fmean(run[b][0] / dense[b] for b in dense)
+        scored.append((score, fmt, run))
     if not scored:
-        return {"format": "dense", "kernels": [], "score": 1.0, "dense_ms": dense, "sparse_ms": {}}
-    score, fmt = min(scored)
-    best = formats[fmt]
-    out = {"format": fmt if score < margin else "dense", "score": score, "dense_ms": dense,
-           "sparse_ms": {b: best[b][0] for b in sorted(best)}, "best_sparse": fmt}
-    out["kernels"] = [(b, best[b][1]) for b in sorted(best)] if score < margin else []
-    return out
+        return {"format": "dense", "kernels": [], "score": 1.0, "dense_ms": dense, "sparse_ms": {},
+                "best_sparse": None}
+    score, fmt, run = min(scored, key=lambda s: (s[0], s[1]))
+    chosen = score < margin
+    return {"format": fmt if chosen else "dense", "score": score, "dense_ms": dense,
+            "sparse_ms": {b: formats[fmt][b][0] for b in sorted(dense)}, "best_sparse": fmt,
+            "kernels": [(b, run[b][1]) for b in sorted(run)] if chosen else []}
 
 
 def time_alternating(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
