@@ -155,7 +155,8 @@ def _candidates(layer: Layer, fmt: str, n: int, m: int) -> Dict[str, SparseLinea
 def measure_layer(layer: Layer, cands: Mapping[str, SparseLinear], batch_sizes: Sequence[int],
                   repeats: int = 15) -> Dict[str, Dict[int, float]]:
     """ms per call of dense ``F.linear`` and of every candidate kernel, per batch size, on
-    the layer's 2-D input (rows = batch · rows per sample), timed interleaved."""
+    the layer's 2-D input (rows = batch · rows per sample), timed interleaved (fastest
+    chunk: see :func:`time_alternating`)."""
     w = layer.weight.contiguous()
     b = None if layer.bias is None else layer.bias.detach()
     out: Dict[str, Dict[int, float]] = {"dense": {}}
@@ -171,7 +172,7 @@ def measure_layer(layer: Layer, cands: Mapping[str, SparseLinear], batch_sizes: 
         if dev.type == "cuda":   # time the kernels, not their launch
             fns = {k: (lambda f=f: (f(), torch.cuda.synchronize())) for k, f in fns.items()}
         with torch.no_grad():
-            t = time_alternating(fns, repeats=repeats)
+            t = time_alternating(fns, repeats=repeats, stat="min")
         for k, v in t.items():
             out.setdefault(k, {})[bsz] = v
     return out

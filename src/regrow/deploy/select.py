@@ -60,14 +60,19 @@ def choose(timings: Timings, margin: float = 1.0, dense_kernel: bool = True) -> 
 
 
 def time_alternating(fns: Mapping[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
-                     target_ms: float = 2.0) -> Dict[str, float]:
-    """Median milliseconds per call of each function, measured interleaved.
+                     target_ms: float = 2.0, stat: str = "median") -> Dict[str, float]:
+    """Milliseconds per call of each function (the median, or the ``min``, of its chunks),
+    measured interleaved.
 
     Each timed chunk runs a function ``number`` times (set once so that a chunk lasts about
     ``target_ms``: timer resolution and call overhead stay negligible); every round times
-    one chunk of each function, the order rotating by one each round."""
+    one chunk of each function, the order rotating by one each round. ``min`` is what the
+    kernel choice uses: on a shared CPU other processes only ever add time, and when they
+    preempt more than half of the chunks the median says more about them than the kernel."""
     if repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats}")
+    if stat not in ("median", "min"):
+        raise ValueError(f"stat must be median or min, got {stat!r}")
     names = list(fns)
     number: Dict[str, int] = {}
     for n in names:
@@ -86,7 +91,8 @@ def time_alternating(fns: Mapping[str, Callable[[], object]], repeats: int = 15,
             for _ in range(k):
                 f()
             samples[n].append((time.perf_counter() - t0) / k * 1e3)
-    return {n: statistics.median(s) for n, s in samples.items()}
+    agg = statistics.median if stat == "median" else min
+    return {n: agg(s) for n, s in samples.items()}
 
 
 def rows_for(batch: int, rows_per_sample: float) -> int:
