@@ -9,7 +9,8 @@ Each is trained briefly with RigL or IEE at density 0.1 / 0.05 under ERK or unif
 ``regrow.export(format="sparse", batch_sizes=[1, 128])`` and, for fan-in runs, also
 ``format="fanin"``, then timed with :func:`regrow.deploy.bench.bench`: dense, a second dense
 copy (control pair: its ratio shows the noise), CSR by hand (``torch.sparse.mm`` on
-``to_sparse_csr()``), and the exports; one thread, interleaved rounds, medians.
+``to_sparse_csr()``), a narrower dense model with as many weights (what channel slimming to
+the same size would run), and the exports; one thread, interleaved rounds, medians.
 
     PYTHONPATH=src python benchmarks/bench_export_speed.py                  # the full grid
     PYTHONPATH=src python benchmarks/bench_export_speed.py --models mlp --methods rigl \
@@ -40,6 +41,18 @@ def mlp() -> nn.Module:
 
 def block() -> nn.Module:
     return nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512))
+
+
+def slim_equal(name: str, density: float) -> nn.Module:
+    """What channel slimming to the same number of weights gives: a narrower dense model
+    (its accuracy is another matter; this is the speed reference)."""
+    if name == "mlp":   # 784h + h² + 10h = density · (784·1024 + 1024² + 10·1024)
+        budget = density * (784 * 1024 + 1024 * 1024 + 10 * 1024)
+        h = int((-(794) + (794 ** 2 + 4 * budget) ** 0.5) / 2)
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                             nn.Linear(h, 10)).eval()
+    h = int(density * 2048)
+    return nn.Sequential(nn.Linear(512, h), nn.GELU(), nn.Linear(h, 512)).eval()
 
 
 def batches(name: str, steps: int, seed: int):
@@ -102,7 +115,7 @@ def main() -> None:
         shape = (1, 28, 28) if name == "mlp" else (512,)
         formats = ("sparse", "fanin") if structure == "fanin" else ("sparse",)
         res = bench(model, shape, formats=formats, batch_sizes=(1, args.batch), threads=1,
-                    repeats=args.repeats, masks=masks)
+                    repeats=args.repeats, masks=masks, extra={"slim (equal weights)": slim_equal(name, d)})
         for r in res["rows"]:
             if r["batch"] != 1:
                 continue

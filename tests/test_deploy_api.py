@@ -189,3 +189,24 @@ def test_trained_fanin_run_exports_condensed_with_method_masks():
     for name in ("fc1", "fc2", "fc3"):
         mod = res.model.get_submodule(name)
         assert mod.kind == "fanin" and mod.col.shape[1] == meth.state.targets[f"{name}.weight"] // mod.out_features
+
+
+def test_slim_format_round_trips_weights_only(tmp_path):
+    from test_slim import random_masked
+    from regrow.train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", (3, 8, 8), 10).eval()
+    fresh = copy.deepcopy(model)
+    groups, channels = random_masked(model, (3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    path = str(tmp_path / "slim.pt")
+    res = regrow.export(model, path, format="slim", example=x[:1], groups=groups, channels=channels,
+                        builder={"model": "resnet20", "input_shape": [3, 8, 8], "num_classes": 10})
+    assert res.bytes_export < res.bytes_dense
+    torch.load(path, weights_only=True)
+    for loaded in (regrow.load_export(path, model=fresh), regrow.load_export(path)):
+        assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in model.parameters())
+        torch.testing.assert_close(_out(loaded, x), _out(model, x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="needs channels"):
+        regrow.export(model, format="slim", example=x[:1])

@@ -9,7 +9,8 @@ Formats:
   ``[out, k]``; a sparse layer whose k differs between neurons is an error.
 * ``nm`` — 2:4 layers as NVIDIA's semi-structured tensors (CUDA only; a clear error
   elsewhere).
-* ``slim`` — channel slimming (:mod:`regrow.structured.slim`; needs channel groups).
+* ``slim`` — channel slimming (:mod:`regrow.structured.slim`; needs the channel masks). The
+  CLI's ``--format slim`` keeps writing the torch-only fx GraphModule it always wrote.
 
 Every format is checked against the masked model (max |Δ| ≤ ``atol`` + ``rtol``·|y| in
 fp32) on a random input of the example's shape before anything is written. The file is a
@@ -258,10 +259,10 @@ def export(model: nn.Module, path: Optional[str] = None, *, format: str = "spars
     if example is None:
         if input_shape is None:
             raise ValueError("export needs example (a model input) or input_shape (one sample's shape)")
-        dev = next(model.parameters()).device
-        example = torch.zeros((1,) + tuple(input_shape), device=dev)
+        p0 = next(model.parameters())
+        example = torch.zeros((1,) + tuple(input_shape), device=p0.device, dtype=p0.dtype)
     if format == "slim":
-        return _export_slim(model, path, example, groups, channels)
+        return _export_slim(model, path, example, groups, channels, builder, rtol, atol)
     if format == "nm":
         require_cuda("format 'nm'")
     was_training = model.training
@@ -318,8 +319,6 @@ def _export(model, path, fmt, example, bs, masks, timings, threads, repeats, n, 
             mod = cands[decision["format"]]
             mod.set_kernels([(rows_for(b, layer.rows_per_sample), k) for b, k in decision["kernels"]])
             mod.layout, mod.stride = layer.layout, layer.stride
-            if fmt == "nm":
-                mod = mod.to(layer.weight.device)
             _set_module(new, layer.name, mod)
     finally:
         torch.set_num_threads(old_threads)
@@ -344,9 +343,10 @@ def _export(model, path, fmt, example, bs, masks, timings, threads, repeats, n, 
     return out
 
 
-def _export_slim(model, path, example, groups, channels) -> Exported:
+def _export_slim(model, path, example, groups, channels, builder, rtol, atol) -> Exported:
+    """Channel slimming (:mod:`regrow.structured.slim`), saved as the kept indices plus the
+    slimmed state_dict: :func:`load` cuts a fresh model the same way and loads it."""
     from ..structured.groups import find_groups
-    from ..structured.slim import export as slim_export
     from ..structured.slim import slim_copy
 
     if channels is None:
@@ -354,14 +354,22 @@ def _export_slim(model, path, example, groups, channels) -> Exported:
                          "method's state.buffers['channels'])")
     model.eval()
     groups = groups if groups is not None else find_groups(model, example)
-    if path is None:
-        slim, _ = slim_copy(model, groups, channels)
-        return Exported(model=slim.eval(), format="slim")
-    info = slim_export(model, groups, channels, example, path)
-    slim = torch.load(path, weights_only=False) if path.endswith(".pt") else None
-    out = Exported(model=slim, format="slim", path=path, max_abs_diff=info["max_abs_diff"])
-    out.bytes_dense = _nbytes(model.state_dict())
-    out.bytes_export = os.path.getsize(path)
+    slim, kept = slim_copy(model, groups, channels)
+    slim.eval()
+    out = Exported(model=slim, format="slim")
+    out.max_abs_diff = _check_equal(model, slim, example, rtol, max(atol, 1e-4))
+    payload = {"regrow_export": FILE_VERSION, "format": "slim", "slimmed": kept, "layers": {},
+               "state_dict": {k: v.detach() for k, v in slim.state_dict().items()}, "builder": builder,
+               "report": []}
+    out.bytes_dense = _nbytes({k: v.detach() for k, v in model.state_dict().items()})
+    out.bytes_export = _nbytes(payload)
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        torch.save(payload, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        out.path = path
+        with open(path + ".json", "w") as f:
+            json.dump({**out.summary(), "slimmed": kept}, f, indent=1)
     return out
 
 
@@ -372,8 +380,8 @@ def read(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise FileNotFoundError(f"no exported model at {path}")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("regrow_export") != FILE_VERSION:
-        raise ValueError(f"{path} is not a regrow export file (version {FILE_VERSION}); "
-                         "channel-slimmed files (format slim) load with torch.load(weights_only=False)")
+        raise ValueError(f"{path} is not a regrow export file (version {FILE_VERSION}); files of "
+                         "`regrow export --format slim` hold an fx GraphModule: torch.load(weights_only=False)")
     return payload
 
 
@@ -391,6 +399,10 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None,
 
         model = build_model(b["model"], tuple(b["input_shape"]), int(b["num_classes"]), **(b.get("options") or {}))
     model = unwrap(model)
+    if payload.get("format") == "slim":
+        from ..structured.slim import slim_
+
+        slim_(model, payload["slimmed"])
     for name, spec in payload["layers"].items():
         try:
             model.get_submodule(name)

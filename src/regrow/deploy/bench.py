@@ -56,7 +56,7 @@ def hand_csr(model: nn.Module, masks=None) -> nn.Module:
 def bench(model: nn.Module, input_shape: Sequence[int], formats: Sequence[str] = ("sparse", "fanin"),
           batch_sizes: Sequence[int] = (1, 128), threads: Optional[int] = 1, repeats: int = 21,
           masks: Optional[Mapping[str, torch.Tensor]] = None, extra: Optional[Dict[str, nn.Module]] = None,
-          hand: bool = True) -> Dict[str, Any]:
+          hand: bool = True, rtol: float = 1e-5, atol: float = 1e-5) -> Dict[str, Any]:
     """Time ``model`` (dense, masked) against its exports in ``formats`` at each batch size.
 
     Returns ``{"rows": [{"batch", "model", "ms", "speedup"}], "skipped": {format: why},
@@ -75,15 +75,17 @@ def bench(model: nn.Module, input_shape: Sequence[int], formats: Sequence[str] =
         for fmt in formats:
             try:
                 models[f"regrow {fmt}"] = export(model, format=fmt, input_shape=input_shape, batch_sizes=bs,
-                                                 masks=masks, threads=threads).model
+                                                 masks=masks, threads=threads, rtol=rtol, atol=atol).model
             except ValueError as e:
                 skipped[fmt] = str(e)
         models.update(extra or {})
         rows: List[Dict[str, Any]] = []
-        dev = next(model.parameters()).device
+        p0 = next(model.parameters())
         for b in bs:
-            x = torch.randn((b,) + tuple(input_shape), device=dev)
+            x = torch.randn((b,) + tuple(input_shape), device=p0.device, dtype=p0.dtype)
             fns = {name: (lambda mod=mod: mod(x)) for name, mod in models.items()}
+            if p0.device.type == "cuda":   # time the kernels, not their launch
+                fns = {k: (lambda f=f: (f(), torch.cuda.synchronize())) for k, f in fns.items()}
             with torch.no_grad():
                 t = time_alternating(fns, repeats=repeats, warmup=3, target_ms=5.0)
             for name, ms in t.items():

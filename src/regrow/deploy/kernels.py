@@ -169,6 +169,7 @@ class SparseLinear(nn.Module):
             raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
         if bias is not None:
             tensors["bias"] = bias.detach()
+        mod = mod.to(w.device)
         with torch.no_grad():
             for key, t in tensors.items():
                 getattr(mod, key).copy_(t)
