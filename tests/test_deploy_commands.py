@@ -56,3 +56,15 @@ def test_bench_run_writes_table_json_and_plot(fanin_run, tmp_path, capsys):
     assert {r["batch"] for r in res["rows"]} == {1, 8}
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert cli.main(["bench", str(fanin_run), "--formats", "coo"]) == 2
+
+
+@pytest.mark.parametrize("command,flags", [
+    ("export", ["--format", "--slim", "--batch-size", "--threads", "--out", "--measure"]),
+    ("bench", ["--formats", "--batch-size", "--threads", "--repeats", "--out"]),
+])
+def test_help_lists_the_flags(command, flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert all(f in text for f in flags)
