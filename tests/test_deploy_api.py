@@ -210,3 +210,17 @@ def test_slim_format_round_trips_weights_only(tmp_path):
         torch.testing.assert_close(_out(loaded, x), _out(model, x), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="needs channels"):
         regrow.export(model, format="slim", example=x[:1])
+
+
+def test_loader_rejects_out_of_range_indices(tmp_path):
+    torch.manual_seed(0)
+    model = TinyMLP(16, 32, 4).eval()
+    fresh = copy.deepcopy(model)
+    _masked(model)
+    path = str(tmp_path / "m.pt")
+    regrow.export(model, path, format="sparse", input_shape=(16,), timings=_forced(model, None))
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["fc2.col"][0] = 10_000
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="'fc2': stored indices are out of range"):
+        regrow.load_export(path, model=fresh)

@@ -410,4 +410,6 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None,
             raise ValueError(f"{path} replaces layer '{name}', which the given model does not have") from e
         _set_module(model, name, SparseLinear.from_spec(spec))
     model.load_state_dict(payload["state_dict"])
+    for name in payload["layers"]:
+        model.get_submodule(name).validate(name)
     return model.to(map_location).eval()

@@ -116,8 +116,26 @@ class SparseLinear(nn.Module):
             out.update(n=self.n, m=self.m)
         return out
 
+    def validate(self, name: str = "layer") -> None:
+        """Index ranges of a loaded file (sparse kernels index memory with them unchecked)."""
+        limit = self.m if self.kind == "nm" else (self.in_features // self.block if self.kind == "bsr"
+                                                  else self.in_features)
+        col = self.col.long()
+        bad = col.numel() and (int(col.min()) < 0 or int(col.max()) >= limit)
+        if self.kind in ("csr", "bsr"):
+            crow = self.crow.long()
+            bad = bad or int(crow[0]) != 0 or int(crow[-1]) != col.numel() or bool((crow.diff() < 0).any())
+        if bad:
+            raise ValueError(f"layer '{name}': stored indices are out of range or inconsistent "
+                             f"(corrupt or foreign file)")
+
+    _SPEC_KEYS = ("kind", "in_features", "out_features", "bias", "kernels", "layout", "stride", "dtype",
+                  "nnz", "k", "block", "n", "m")
+
     @classmethod
     def from_spec(cls, spec: dict) -> "SparseLinear":
+        if not isinstance(spec, dict) or set(spec) - set(cls._SPEC_KEYS) or "kind" not in spec:
+            raise ValueError(f"not a SparseLinear spec: {spec!r:.200}")
         s = dict(spec)
         dtype = getattr(torch, str(s.pop("dtype", "torch.float32")).replace("torch.", ""))
         if not isinstance(dtype, torch.dtype):
