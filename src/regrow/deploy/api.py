@@ -265,6 +265,9 @@ def export(model: nn.Module, path: Optional[str] = None, *, format: str = "spars
         return _export_slim(model, path, example, groups, channels, builder, rtol, atol)
     if format == "nm":
         require_cuda("format 'nm'")
+        if example.device.type != "cuda":
+            raise ValueError("format 'nm' runs on CUDA: move the model (and example) there first, "
+                             "e.g. model.cuda()")
     was_training = model.training
     model.eval()
     try:

@@ -78,6 +78,11 @@ def _export(args: argparse.Namespace) -> int:
     from .api import export
 
     run = load_sparse_run(args.run_dir)
+    if fmt == "nm":   # 2:4 kernels run on the GPU (export raises its own error without one)
+        from .kernels import require_cuda
+
+        require_cuda("format 'nm'")
+        run["model"] = run["model"].cuda()
     res = export(run["model"], args.out, format=fmt, input_shape=run["shape"],
                  batch_sizes=args.batch_size or [1], masks=run["masks"], threads=args.threads,
                  repeats=args.repeats, builder=run["builder"])

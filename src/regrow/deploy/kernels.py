@@ -267,7 +267,8 @@ class SparseLinear(nn.Module):
         rows = x2.shape[0]
         rows_p = -(-rows // 64) * 64
         xp = F.pad(x2, (0, w.shape[1] - self.in_features, 0, rows_p - rows))
-        y = torch.mm(w, xp.t()).t()[:rows, : self.out_features]
+        # F.linear(x, W_semi) is the product torch documents for semi-structured weights
+        y = F.linear(xp, w)[:rows, : self.out_features]
         return y if self.bias is None else y + self.bias
 
     def forward(self, x: torch.Tensor, kernel: Optional[str] = None) -> torch.Tensor:
