@@ -68,3 +68,13 @@ def test_help_lists_the_flags(command, flags, capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert all(f in text for f in flags)
+
+
+def test_bench_an_exported_file_rebuilds_its_dense_model(fanin_run, tmp_path, capsys):
+    out = tmp_path / "fanin.pt"
+    assert cli.main(["export", str(fanin_run), "--format", "fanin", "--repeats", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["bench", str(out), "--batch-size", "4", "--repeats", "2", "--formats", "sparse"]) == 0
+    text = capsys.readouterr().out
+    assert "regrow sparse" in text and (tmp_path / "bench.md").exists()
+    assert cli.main(["bench", str(tmp_path / "missing.pt")]) == 2
