@@ -278,8 +278,9 @@ ENTRY_POINTS = {
     "resume": (lambda run, evil, tmp: ["resume", str(run)], False),
     "resume, stored root outside": (lambda run, evil, tmp: ["resume", str(run)], True),
     "resume --data-root": (lambda run, evil, tmp: ["resume", str(run), "--data-root", str(evil)], False),
-    "export": (lambda run, evil, tmp: ["export", str(run), "--out", str(tmp / "m.pt")], False),
-    "export, stored root outside": (lambda run, evil, tmp: ["export", str(run), "--out", str(tmp / "m.pt")], True),
+    "export": (lambda run, evil, tmp: ["export", str(run), "--format", "sparse", "--out", str(tmp / "m.pt")], False),
+    "export, stored root outside": (lambda run, evil, tmp: ["export", str(run), "--format", "sparse",
+                                                            "--out", str(tmp / "m.pt")], True),
     "export --slim": (lambda run, evil, tmp: ["export", str(run), "--slim", "--out", str(tmp / "m.pt")], True),
     "train": (lambda run, evil, tmp: ["train", "--model", "mlp", "--data", "cifar10", "--data-root", str(evil),
                                       "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(tmp / "t")], False),
@@ -385,7 +386,7 @@ def test_a_second_writer_is_refused_naming_the_holder(command, finished, finishe
     locked = target / "rigl-d0.1-s0" if command == "compare" else target
     argv = {"train": ["train", *TINY, "--update-interval", "2", "--out", str(target), "--overwrite"],
             "resume": ["resume", str(target)],
-            "export": ["export", str(target), "--out", str(tmp_path / "m.pt")],
+            "export": ["export", str(target), "--format", "sparse", "--out", str(tmp_path / "m.pt")],
             "compare": ["compare", *TINY, "--update-interval", "2", "--methods", "rigl", "--out", str(target),
                         "--overwrite"]}[command]
     proc = hold_lock(locked)

@@ -34,7 +34,7 @@ class Command(NamedTuple):
 
 
 # Subcommands defined elsewhere: "module:ATTR" with ATTR a sequence of Command.
-EXTERNAL: Sequence[str] = ("regrow.structured.commands:COMMANDS",)
+EXTERNAL: Sequence[str] = ("regrow.structured.commands:COMMANDS", "regrow.deploy.commands:COMMANDS")
 
 # Method options that get their own flag (they are common to the dynamic methods).
 COMMON_METHOD_FLAGS = {

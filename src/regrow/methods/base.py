@@ -51,7 +51,9 @@ class SparsityConfig:
     density: fraction of sparse weights kept, in (0, 1]; ``None`` means 0.1, or N/M
         for the ``nm`` structure (where any other value is an error).
     distribution: ``uniform`` | ``erk`` | ``global``.
-    structure: ``unstructured`` | ``nm`` (with ``n``, ``m``).
+    structure: ``unstructured`` | ``nm`` (with ``n``, ``m``) | ``fanin`` (every output
+        neuron keeps the same number of inputs; per-layer counts rounded to a multiple of
+        the layer's outputs).
     dense_first_last: keep the first and last sparse layer dense.
     include / exclude: fnmatch patterns on parameter names, matched against every name
         of a tied tensor; ``include`` replaces the default (every Conv/Linear/HF Conv1D
@@ -182,7 +184,7 @@ class SparseMethod(metaclass=_MethodMeta):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = SparsityConfig
-    structures: ClassVar[Tuple[str, ...]] = ("unstructured", "nm")
+    structures: ClassVar[Tuple[str, ...]] = ("unstructured", "nm", "fanin")
     needs_total_steps: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
     keeps_dormant: ClassVar[bool] = False
@@ -257,6 +259,9 @@ class SparseMethod(metaclass=_MethodMeta):
                 raise ValueError("distribution 'global' cannot be combined with structure 'nm'; "
                                  "allowed with nm: uniform, erk (both give n/m per layer)")
             self.config = dataclasses.replace(cfg, density=cfg.n / cfg.m)
+        elif cfg.structure == "fanin" and cfg.distribution == "global":
+            raise ValueError("distribution 'global' cannot be combined with structure 'fanin' "
+                             "(every neuron keeps k inputs per layer); allowed with fanin: uniform, erk")
         elif cfg.density is None:
             self.config = dataclasses.replace(cfg, density=0.1)
         else:
@@ -297,7 +302,14 @@ class SparseMethod(metaclass=_MethodMeta):
             dense = set(self.dense_names())
             return {n: math.prod(s) if n in dense else self.structure.count(s, cfg.density)
                     for n, s in shapes.items()}
-        return layer_counts(cfg.distribution, shapes, cfg.density, self.dense_names())
+        counts = layer_counts(cfg.distribution, shapes, cfg.density, self.dense_names())
+        if cfg.structure == "fanin":   # k per output neuron: a multiple of the outputs
+            counts = {n: self.structure.round_count(self._canonical_shape(n), c) for n, c in counts.items()}
+        return counts
+
+    def _canonical_shape(self, name: str) -> Tuple[int, ...]:
+        """The weight's shape as [out, in, ...] (HF Conv1D stores [in, out])."""
+        return tuple(to_canonical(self.params[name], self._dim(name)).shape)
 
     def initial_masks(self, targets: Dict[str, int]) -> Dict[str, torch.Tensor]:
         """Random masks at the targets (globally ranked under ``global``)."""

@@ -149,7 +149,7 @@ def _commands():
     return [
         Command("latency-table", "measure a latency lookup table for a model on this device",
                 _table_args, _table),
-        Command("export", "export a trained run's model (--slim: physically slimmed)", _export_args, _export),
+        # `regrow export` itself lives in regrow.deploy.commands (--format slim calls _export)
     ]
 
 
