@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..cost import FlopsLedger
 from ..methods.base import method_class, resolve_config
 from . import checkpoint as ckpt
