@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/regrow compare --config configs/quick-mnist1d.yaml --out $(RUN_OUT)
+	$(VENV)/bin/regrow compare --config configs/quick-mnist1d.yaml --out $(RUN_OUT) --overwrite
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 docs: $(STAMP)

@@ -62,3 +62,42 @@ def tiny_mlp():
 # One intra-op thread: the models here are tiny, and on a shared 2-core machine a
 # second spinning worker thread only slows every test down.
 torch.set_num_threads(1)
+
+
+class _Evil:
+    """Pickles to a call of ``fn(*args)``: what a planted data file would run."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def evil_pickle(marker, kind: str) -> bytes:
+    """A pickle that creates file ``marker`` when loaded with plain ``pickle.load``:
+    ``system`` runs a shell command, ``exec`` writes the file from Python."""
+    import os
+    import pickle
+
+    payload = (_Evil(os.system, f"touch '{marker}'") if kind == "system"
+               else _Evil(exec, f"open({str(marker)!r}, 'w').write('pwned')"))
+    return pickle.dumps({"label_names": payload})
+
+
+def write_fake_cifar10(root, n_per_file: int = 2, meta: bytes = None):
+    """torchvision's CIFAR-10 layout under ``root`` with tiny random batches; ``meta``
+    replaces batches.meta (e.g. with :func:`evil_pickle`)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, n_per_file).tolist()}
+        (d / f).write_bytes(pickle.dumps(batch))
+    (d / "batches.meta").write_bytes(meta or pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return d

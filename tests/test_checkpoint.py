@@ -105,3 +105,25 @@ def test_pretrained_samples_come_from_a_regrow_checkpoint_only(tmp_path):
     assert ckpt.pretrained_samples(tmp_path / "a.pt") == 100  # the ledger's exact count
     assert ckpt.pretrained_samples(tmp_path / "b.pt") == 7 * 16  # steps × global batch
     assert ckpt.pretrained_samples(tmp_path / "c.pt") is None  # a plain state_dict: unknown
+
+
+def test_writes_remove_orphans_fsync_the_directory_and_keep_the_umask_mode(tmp_path, monkeypatch):
+    orphan = tmp_path / ".c.pt.abc123.tmp"  # a write killed before its rename
+    orphan.write_bytes(b"half")
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        import stat
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    ckpt.save(tmp_path / "c.pt", PAYLOAD)
+    assert not orphan.exists()
+    assert synced == [False, True]  # the file, then the directory after the rename
+    ckpt.write_text(tmp_path / "s.json", "{}\n")
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"c.pt": 0o666 & ~mask, "s.json": 0o666 & ~mask}

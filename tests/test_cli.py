@@ -29,9 +29,10 @@ def run(argv, capsys):
     ("train", ["--method", "--density", "--distribution", "--epochs", "--batch-size", "--lr", "--seed",
                "--out", "--config", "--opt", "--update-interval", "--alpha", "--grad-accum", "--amp",
                "--deterministic", "--pretrained", "--quiet", "--structure", "--latency-target", "--latency-ms",
-               "--cost", "--latency-table", "--slim-after-updates", "--data-seed", "--pretrained-epochs"]),
-    ("compare", ["--methods", "--densities", "--seeds", "--out", "--config", "--epochs"]),
-    ("resume", ["run_dir", "--quiet"]),
+               "--cost", "--latency-table", "--slim-after-updates", "--data-seed", "--pretrained-epochs",
+               "--dist-timeout"]),
+    ("compare", ["--methods", "--densities", "--seeds", "--out", "--config", "--epochs", "--overwrite"]),
+    ("resume", ["run_dir", "--quiet", "--data-root"]),
     ("report", ["path"]),
 ])
 def test_help_of_every_subcommand(command, flags, capsys):
@@ -212,3 +213,308 @@ def test_channel_iee_slims_in_training_and_resumes_bit_identically(tmp_path, cap
 
     dense = build_model("resnet20", (3, 8, 8), 4).state_dict()
     assert sum(v.numel() for v in ca["model"].values()) < sum(v.numel() for v in dense.values())
+
+
+# ---- trust: untrusted files, validation before deletion, one writer, fingerprints -------------
+import shutil  # noqa: E402
+
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conftest import evil_pickle, write_fake_cifar10  # noqa: E402
+from regrow.train import checkpoint as ckpt  # noqa: E402
+
+
+def snapshot(d):
+    """Every file under ``d`` with its bytes (what 'nothing was touched' compares)."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def quiet_main(argv):
+    """cli.main in-process; argparse errors (SystemExit 2) count as a status like any other."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:
+            rc = e.code
+    return rc, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert quiet_main(["train", *TINY, "--out", str(out), "--update-interval", "2"])[0] == 0
+    return out
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    def make(src):
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+    return make
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    """A run trained on fake CIFAR-10 that keeps the data inside its own directory, as a
+    downloaded run directory could."""
+    run_dir = tmp_path_factory.mktemp("cifar") / "run"
+    write_fake_cifar10(run_dir / "data")
+    rc, err = quiet_main(["train", "--model", "mlp", "--model-opt", "hidden=[8]", "--data", "cifar10",
+                          "--data-root", str(run_dir / "data"), "--epochs", "1", "--batch-size", "4",
+                          "--device", "cpu", "--quiet", "--out", str(run_dir)])
+    assert rc == 0, err
+    return run_dir
+
+
+ENTRY_POINTS = {
+    # name: (argv builder (run dir, evil data root, scratch dir), whether the stored root is moved outside)
+    "resume": (lambda run, evil, tmp: ["resume", str(run)], False),
+    "resume, stored root outside": (lambda run, evil, tmp: ["resume", str(run)], True),
+    "resume --data-root": (lambda run, evil, tmp: ["resume", str(run), "--data-root", str(evil)], False),
+    "export": (lambda run, evil, tmp: ["export", str(run), "--format", "sparse", "--out", str(tmp / "m.pt")], False),
+    "export, stored root outside": (lambda run, evil, tmp: ["export", str(run), "--format", "sparse",
+                                                            "--out", str(tmp / "m.pt")], True),
+    "export --slim": (lambda run, evil, tmp: ["export", str(run), "--slim", "--out", str(tmp / "m.pt")], True),
+    "train": (lambda run, evil, tmp: ["train", "--model", "mlp", "--data", "cifar10", "--data-root", str(evil),
+                                      "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(tmp / "t")], False),
+    "latency-table": (lambda run, evil, tmp: ["latency-table", "--model", "mlp", "--data", "cifar10",
+                                              "--data-root", str(evil), "--batch-size", "1",
+                                              "--out", str(tmp / "t.json")], False),
+}
+
+
+@pytest.mark.parametrize("kind", ["system", "exec"])
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_a_malicious_batches_meta_runs_no_code_at_any_entry_point(entry, kind, cifar_run, copy_of, tmp_path):
+    build, outside = ENTRY_POINTS[entry]
+    marker = tmp_path / "pwned"
+    run = copy_of(cifar_run)
+    (run / "data" / "cifar-10-batches-py" / "batches.meta").write_bytes(evil_pickle(marker, kind))
+    evil = tmp_path / "evil"
+    shutil.copytree(run / "data", evil)
+    # the checkpoint names the data inside the run directory, or (outside) a root elsewhere,
+    # where only the restricted unpickler stands between the file and the interpreter
+    state = ckpt.load(run / "checkpoint.pt")
+    state["config"]["data_root"] = str(evil if outside else run / "data")
+    ckpt.save(run / "checkpoint.pt", {k: v for k, v in state.items() if k != "format"})
+    before = snapshot(run)
+    rc, err = quiet_main(build(run, evil, tmp_path))
+    assert not marker.exists(), f"{entry} executed the planted pickle"
+    assert rc == 2 and "Traceback" not in err, err
+    assert re.search(r"refused global '(posix|os|builtins)\.(system|exec)'|lies inside that run directory", err), err
+    assert snapshot(run) == before
+
+
+# Bad options, each with what its error message must name. Late ones need the data, model
+# or method built (batch larger than the data, N:M divisibility, model options, ...).
+BAD = [
+    (["--batch-size", "100000"], "batch_size"),
+    (["--structure", "nm", "--opt", "m=5"], "m=5"),
+    (["--model-opt", "nosuch=3"], "nosuch"),
+    (["--model-opt", "hidden=abc"], "hidden|model_options"),
+    (["--opt", "alpha=abc"], "alpha"),
+    (["--opt", "end_fraction=abc"], "end_fraction"),
+    (["--opt", "include=5"], "include"),
+    (["--opt", "alpha=2"], "alpha"),
+    (["--density", "2"], "density"),
+    (["--epochs", "0"], "epochs"),
+    (["--epochs", "three"], "--epochs"),
+    (["--lr", "-1"], "lr"),
+    (["--schedule", "nosuch"], "schedule"),
+    (["--data-root", "/no/such/dir"], "data_root"),
+    (["--pretrained", "/no/such.pt"], "pretrained"),
+    (["--warmup-epochs", "5"], "warmup_epochs"),
+    (["--dist-timeout", "0"], "dist_timeout"),
+    (["--stop-after-steps", "0"], "stop-after-steps"),
+    (["--method", "iee", "--structure", "channel", "--latency-target", "2"], "latency_target|channel"),
+    (["--method", "nosuch"], "method"),
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(picks=st.lists(st.integers(0, len(BAD) - 1), min_size=1, max_size=3, unique=True),
+       overwrite=st.booleans(), command=st.sampled_from(["train", "compare"]))
+@example(picks=[0], overwrite=True, command="train")  # issue 11: the finished run was deleted first
+@example(picks=[1], overwrite=True, command="train")
+@example(picks=[2], overwrite=True, command="compare")
+def test_bad_options_touch_no_file_of_a_finished_run(picks, overwrite, command, finished, finished_compare):
+    """Whatever bad options are given, with or without --overwrite: exit status 2, a message
+    naming an offending option, no traceback, and every file of the finished run unchanged."""
+    argv, patterns = [], []
+    for i in picks:
+        flags, pattern = BAD[i]
+        if command == "compare":
+            flags = ["--methods" if f == "--method" else f for f in flags]
+        argv += flags
+        patterns.append(pattern)
+    target = finished if command == "train" else finished_compare
+    before = snapshot(target)
+    base = (["train", *TINY, "--update-interval", "2", "--out", str(target)] if command == "train"
+            else ["compare", *TINY, "--update-interval", "2", "--methods", "rigl", "--out", str(target)])
+    rc, err = quiet_main(base + argv + (["--overwrite"] if overwrite else []))
+    assert rc == 2, err
+    assert "Traceback" not in err
+    if not overwrite:  # "already holds ...: pass --overwrite" names an option as well
+        patterns.append("--overwrite")
+    assert any(re.search(p, err) for p in patterns), (patterns, err)
+    assert snapshot(target) == before
+
+
+@pytest.fixture(scope="module")
+def finished_compare(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "cmp"
+    rc, err = quiet_main(["compare", *TINY, "--update-interval", "2", "--methods", "rigl", "--out", str(out)])
+    assert rc == 0, err
+    return out
+
+
+def hold_lock(run_dir):
+    from test_lock import hold
+    return hold(run_dir)
+
+
+@pytest.mark.parametrize("command", ["train", "resume", "export", "compare"])
+def test_a_second_writer_is_refused_naming_the_holder(command, finished, finished_compare, copy_of, tmp_path):
+    target = copy_of(finished_compare if command == "compare" else finished)
+    locked = target / "rigl-d0.1-s0" if command == "compare" else target
+    argv = {"train": ["train", *TINY, "--update-interval", "2", "--out", str(target), "--overwrite"],
+            "resume": ["resume", str(target)],
+            "export": ["export", str(target), "--format", "sparse", "--out", str(tmp_path / "m.pt")],
+            "compare": ["compare", *TINY, "--update-interval", "2", "--methods", "rigl", "--out", str(target),
+                        "--overwrite"]}[command]
+    proc = hold_lock(locked)
+    try:
+        before = snapshot(target)
+        rc, err = quiet_main(argv)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == 2 and f"is in use by PID {proc.pid} on host" in err, err
+    assert snapshot(target) == before
+
+
+def test_resume_refuses_another_runs_checkpoint(finished, copy_of, tmp_path):
+    other = tmp_path / "other"
+    assert quiet_main(["train", *TINY[4:], "--method", "set", "--model", "cnn1d",
+                       "--out", str(other)])[0] == 0
+    run = copy_of(finished)
+    shutil.copy(other / "checkpoint.pt", run / "checkpoint.pt")
+    before = snapshot(run)
+    rc, err = quiet_main(["resume", str(run)])
+    assert rc == 2 and "does not belong to run directory" in err, err
+    assert "method: 'rigl' in config.yaml, 'set' in the checkpoint" in err
+    assert snapshot(run) == before
+
+
+def test_resume_names_a_checkpoint_whose_tensors_do_not_fit(finished, copy_of):
+    run = copy_of(finished)
+    state = ckpt.load(run / "checkpoint.pt")
+    name = next(k for k in state["model"] if k.endswith("weight"))
+    state["model"][name] = torch.zeros(3, 3)
+    ckpt.save(run / "checkpoint.pt", {k: v for k, v in state.items() if k != "format"})
+    before = snapshot(run)
+    rc, err = quiet_main(["resume", str(run), "--stop-after-steps", "100"])
+    assert rc == 2 and "checkpoint.pt does not fit the run its config describes" in err and name in err, err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("opt,message", [
+    ("alpha=abc", "method option 'alpha' of 'rigl' must be float, got 'abc'"),
+    ("end_fraction=abc", "method option 'end_fraction' of 'rigl' must be float"),
+    ("include=5", r"method option 'include' of 'rigl' must be Tuple\[str, \.\.\.\], got 5"),
+    ("update_interval=2.5", "method option 'update_interval' of 'rigl' must be"),
+    ("dense_first_last=maybe", "method option 'dense_first_last' of 'rigl' must be bool"),
+])
+def test_typed_method_options(opt, message, tmp_path):
+    rc, err = quiet_main(["train", *TINY, "--opt", opt, "--out", str(tmp_path / "r")])
+    assert rc == 2 and re.search(message, err) and "Traceback" not in err, err
+
+
+def test_yaml_strings_are_converted_to_the_option_type(tmp_path):
+    assert quiet_main(["train", *TINY, "--opt", "alpha=1e-1", "--out", str(tmp_path / "r")])[0] == 0
+    assert cli.C.load_yaml(str(tmp_path / "r" / "config.yaml"))["method_options"]["alpha"] == 0.1
+
+
+def test_compare_keeps_matching_cells_refuses_others_and_shows_the_asked_grid(tmp_path):
+    out = tmp_path / "cmp"
+    base = ["compare", *TINY, "--update-interval", "2", "--out", str(out)]
+    assert quiet_main(base + ["--methods", "static,rigl"])[0] == 0
+    cells = {c: snapshot(out / c) for c in ("static-d0.1-s0", "rigl-d0.1-s0")}
+    assert quiet_main(base + ["--methods", "static,rigl"])[0] == 0  # resumable: nothing reruns
+    assert {c: snapshot(out / c) for c in cells} == cells
+    rc, err = quiet_main(base + ["--methods", "static,rigl", "--epochs", "3"])
+    assert rc == 2 and "2 cell(s)" in err and "epochs 2 (asked 3)" in err and "--overwrite" in err, err
+    assert {c: snapshot(out / c) for c in cells} == cells
+    static = ["compare", *TINY, "--out", str(out), "--methods", "static"]  # ΔT means nothing to static
+    assert quiet_main(static)[0] == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["method"] for r in rows] == ["static"]  # rigl's cell is there but was not asked
+    assert quiet_main(static + ["--epochs", "3", "--overwrite"])[0] == 0
+    assert json.loads((out / "static-d0.1-s0" / "summary.json").read_text())["epochs"] == 3
+
+
+def test_compare_resumes_an_interrupted_cell(tmp_path):
+    out = tmp_path / "cmp"
+    base = ["compare", *TINY, "--update-interval", "2", "--out", str(out), "--methods", "rigl", "--deterministic"]
+    assert quiet_main(base + ["--stop-after-steps", "3"])[0] == 0
+    assert not (out / "rigl-d0.1-s0" / "summary.json").exists()
+    assert quiet_main(base)[0] == 0
+    ref = tmp_path / "ref"
+    assert quiet_main(["train", *TINY, "--update-interval", "2", "--deterministic", "--out", str(ref)])[0] == 0
+    assert (out / "rigl-d0.1-s0" / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+def test_a_diverged_model_is_never_checkpointed_and_json_has_no_nan(tmp_path):
+    out = tmp_path / "n"
+    tiny = [a if a != "train_size=64" else "train_size=16" for a in TINY]  # one step per epoch
+    rc, err = quiet_main(["train", *tiny, "--method", "static", "--lr", "1e25", "--momentum", "0",
+                          "--weight-decay", "0", "--log-every", "1", "--out", str(out)])
+    assert rc == 2 and "became non-finite" in err and "not writing it" in err, err
+    assert not (out / "checkpoint.pt").exists()
+
+    def no_nan(token):
+        raise AssertionError(f"{token} in metrics.jsonl")
+
+    records = [json.loads(x, parse_constant=no_nan) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "epoch" and records[-1]["test_loss"] is None
+
+
+def test_a_run_that_died_before_its_first_checkpoint_restarts(finished, copy_of, tmp_path):
+    run = copy_of(finished)
+    for n in ("checkpoint.pt", "summary.json"):
+        (run / n).unlink()
+    shutil.rmtree(run / "plots")
+    with open(run / "metrics.jsonl") as f:  # what was written before the kill
+        head = f.readlines()[:2]
+    (run / "metrics.jsonl").write_text("".join(head))
+    rc, err = quiet_main(["train", *TINY, "--update-interval", "2", "--out", str(run)])
+    assert rc == 2 and f"restart it from its config.yaml with 'regrow resume {run}'" in err, err
+    assert quiet_main(["resume", str(run)])[0] == 0
+    assert (run / "metrics.jsonl").read_text() == (finished / "metrics.jsonl").read_text()
+    assert ckpt.load(run / "checkpoint.pt")["loop"]["step"] == ckpt.load(finished / "checkpoint.pt")["loop"]["step"]
+
+
+def test_structure_updates_log_the_mask_checksum(finished):
+    records = [json.loads(x) for x in (finished / "metrics.jsonl").read_text().splitlines()]
+    method = [r for r in records if r["event"] not in ("train", "epoch")]
+    assert method and all(isinstance(r["mask_checksum"], int) for r in method)
+    summary = json.loads((finished / "summary.json").read_text())
+    assert method[-1]["mask_checksum"] == summary["mask_checksums"][0]  # no update after the last one
+    assert summary["config_fingerprint"] == ckpt.load(finished / "checkpoint.pt")["fingerprint"]
+
+
+def test_resume_of_a_run_killed_before_writing_anything_says_what_to_run(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".regrow.lock").write_text('{"pid": 1}')  # what a kill -9 during data loading leaves
+    rc, err = quiet_main(["resume", str(run)])
+    assert rc == 2 and "start it again with the same 'regrow train ... --out" in err, err
+    assert quiet_main(["train", *TINY, "--out", str(run)])[0] == 0  # and that works: the lock was stale
+    assert not (run / ".regrow.lock").exists()

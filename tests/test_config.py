@@ -141,3 +141,29 @@ def test_method_options_are_those_of_the_structure_variant():
     assert {"latency_target", "latency_ms", "cost", "latency_table", "slim_after"} <= set(
         C.method_fields("iee", "channel"))
     assert "latency_target" not in C.method_fields("iee")
+
+
+def test_fingerprint_covers_what_a_run_computes_not_where_it_runs():
+    base = C.build({"method": "rigl", "epochs": 3})
+    same = C.build({"method": "rigl", "epochs": 3, "out": "elsewhere", "device": "cpu", "quiet": True,
+                    "data_root": "/data", "threads": 1, "dist_timeout": 9})
+    assert C.fingerprint(base) == C.fingerprint(same) == C.fingerprint(base.to_dict())
+    for change in ({"method": "set"}, {"epochs": 4}, {"seed": 1}, {"method_options": {"alpha": 0.2}},
+                   {"model_options": {"hidden": [8]}}, {"data": "digits"}):
+        other = C.build({"method": "rigl", "epochs": 3, **change})
+        assert C.fingerprint(other) != C.fingerprint(base), change
+        assert set(C.differences(base, other)) == set(change)
+
+
+def test_a_stored_data_root_inside_the_run_directory_is_refused(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    for root in (str(run), str(run / "data"), str(run / "data" / ".." / "data")):
+        with pytest.raises(ValueError, match="lies inside that run directory.*--data-root"):
+            C.check_stored_data_root(root, run)
+    monkeypatch.chdir(run)  # a relative root means the user's working directory
+    with pytest.raises(ValueError, match="inside that run directory"):
+        C.check_stored_data_root("data", run)
+    monkeypatch.chdir(tmp_path)
+    C.check_stored_data_root("data", run)  # tmp_path/data: outside the run
+    C.check_stored_data_root(None, run)

@@ -109,6 +109,19 @@ def test_iee_closed_form_h_j_q_equal_ending_at_three_quarters():
     assert math.isclose(led.relative, (11 * zp + ZD) / 4 / (3 * ZD), rel_tol=1e-12)
     # masked dense kernels compute 3·ζ_D per sample whatever the stage
     assert math.isclose(led.executed_relative, 1.0, rel_tol=1e-12)
+    # physically, Reactivate & Explore runs 3·ζ_D − ζ_P: (6·ζ_P + 3·ζ_D − ζ_P)/3 per cycle
+    # step over 3/4 of the run, 3·ζ_P after it -> (8·ζ_P + 3·ζ_D)/4
+    assert math.isclose(led.physical / 48, (8 * zp + 3 * ZD) / 4, rel_tol=1e-12)
+    assert math.isclose(led.physical_relative, (8 * zp + 3 * ZD) / 4 / (3 * ZD), rel_tol=1e-12)
+    assert led.physical_relative > led.relative
+
+
+def test_physical_accounting_equals_the_papers_for_methods_without_live_inactive_weights():
+    for name, cfg in (("rigl", dict(update_interval=4, total_steps=40)), ("static", {}),
+                      ("gmp", dict(update_interval=4, total_steps=40))):
+        net, opt, m = _method(name, density=0.2, **cfg)
+        led = _run(net, opt, m, steps=40, bs=1)
+        assert led.physical == led.total, name
 
 
 def test_ledger_counts_what_each_step_ran():

@@ -370,3 +370,35 @@ def test_imagefolder_errors(tmp_path):
         load_dataset("imagefolder", root=str(tmp_path))
     with pytest.raises(ValueError, match="data 'imagefolder' needs a data root"):
         load_dataset("imagefolder")
+
+
+@pytest.mark.parametrize("kind", ["system", "exec"])
+def test_a_planted_cifar_meta_runs_no_code(kind, tmp_path):
+    from conftest import evil_pickle, write_fake_cifar10
+
+    marker = tmp_path / "pwned"
+    write_fake_cifar10(tmp_path / "data", meta=evil_pickle(marker, kind))
+    with pytest.raises(ValueError, match=r"batches.meta is not a CIFAR python pickle batch: refused global"):
+        load_dataset("cifar10", root=str(tmp_path / "data"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_batches_of_every_pickle_protocol_load(protocol, tmp_path):
+    d = _write_cifar(tmp_path, "cifar10")
+    for f in d.iterdir():
+        obj = pickle.loads(f.read_bytes())
+        if "data" in obj:
+            obj["data_scalar"] = obj["data"][0, 0]  # a numpy scalar as well
+        f.write_bytes(pickle.dumps(obj, protocol=protocol))
+    b = load_dataset("cifar10", root=str(tmp_path), augment=False)
+    assert len(b.train) == 10 and b.num_classes == 10
+
+
+def test_cifar_object_arrays_are_refused(tmp_path):
+    d = _write_cifar(tmp_path, "cifar10")
+    batch = pickle.loads((d / "data_batch_1").read_bytes())
+    batch["labels"] = np.array(batch["labels"], dtype=object)
+    (d / "data_batch_1").write_bytes(pickle.dumps(batch))
+    with pytest.raises(ValueError, match="data_batch_1.*refused global|data_batch_1: entry 'labels' is an object array"):
+        load_dataset("cifar10", root=str(tmp_path))

@@ -133,3 +133,48 @@ def test_torchrun_slims_in_training_and_rewraps_ddp(tmp_path):
     # the slimmed weights were updated after the rewrap: the checkpoint holds the smaller model
     sd = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
     assert sum(v.numel() for k, v in sd.items() if k.endswith("weight")) < summary["structured"]["params_dense"]
+
+
+def _timeout_worker(rank: int, port: int, result_dir: str) -> None:
+    import time
+
+    from regrow.train import distributed as d
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    ctx = d.setup("cpu", timeout=2)
+    if rank == 1:  # a stopped rank: never joins the collective (gone once rank 0 gave up, or at 6 s)
+        t0 = time.perf_counter()
+        while not os.path.exists(os.path.join(result_dir, "r0.json")) and time.perf_counter() - t0 < 6:
+            time.sleep(0.05)
+        os._exit(0)  # the group is broken: skip its destructors
+    t0 = time.perf_counter()
+    try:
+        d.all_sum(ctx, [1.0])
+        what = "completed"
+    except Exception as e:  # gloo: "Timed out waiting ... for recv operation"
+        what = type(e).__name__
+    with open(os.path.join(result_dir, "r0.json"), "w") as f:
+        json.dump({"what": what, "seconds": time.perf_counter() - t0}, f)
+    os._exit(0)  # a timed-out gloo group may abort in its destructor
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_dist_timeout_bounds_the_wait_for_a_stopped_rank(tmp_path):
+    """--dist-timeout reaches the process group: a rank that never joins fails the others'
+    collective after ~2 s instead of torch's default 30 minutes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_timeout_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "r0.json").read_text())
+    assert r0["what"] != "completed" and r0["seconds"] < 5.5, r0  # not when rank 1 exits at 6 s
+    from regrow.train import config as C
+
+    assert C.build({"dist_timeout": 5}).dist_timeout == 5.0
+    with pytest.raises(ValueError, match="dist_timeout must be a positive number"):
+        C.validate(C.build({"dist_timeout": 0}))

@@ -241,3 +241,28 @@ def test_cli_latency_table(tmp_path):
     t = LatencyTable.load(str(out))
     assert len(t.entries) >= 5
     assert main(args[:-6] + ["--out", str(out), "--points", "1"]) == 2  # bad value: exit 2
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.pop("device"), "lacks the key 'device'"),
+    (lambda d: d.pop("entries"), "lacks the key 'entries'"),
+    (lambda d: next(iter(d["entries"].values())).pop("ms"), "lacks the key 'ms' in entry"),
+    (lambda d: next(iter(d["entries"].values())).update(ms=[[1.0]]), r"needs finite ms of shape"),
+    (lambda d: next(iter(d["entries"].values())).update(c_in="x"), "'c_in' in entry .* must be list"),
+    (lambda d: d.update(overheads={"m": {"scale": 1.0}}), "lacks the key 'offset' in overhead 'm'"),
+])
+def test_malformed_tables_name_the_file_and_the_key(edit, message, tmp_path):
+    path = tmp_path / "t.json"
+    synthetic_table().save(str(path))
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"latency table '{path}'.*{message}"):
+        LatencyTable.load(str(path))
+
+
+def test_a_table_that_is_not_json_names_the_file(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{"format": ')
+    with pytest.raises(ValueError, match=f"latency table '{path}' is not valid JSON"):
+        LatencyTable.load(str(path))

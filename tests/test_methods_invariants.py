@@ -28,6 +28,8 @@ def _cases():
             out += [pytest.param(name, "unstructured", d, id=f"{name}-unstructured-{d}") for d in (0.5, 0.1, 0.02)]
         if "nm" in cls.structures:
             out.append(pytest.param(name, "nm", None, id=f"{name}-nm"))
+        if "fanin" in cls.structures:
+            out += [pytest.param(name, "fanin", d, id=f"{name}-fanin-{d}") for d in (0.5, 0.1)]
     return out
 
 
@@ -62,6 +64,10 @@ def train_step(method, model, optimizer, step):
 
 def nm_blocks(mask: torch.Tensor, m: int = 4) -> torch.Tensor:
     return mask.movedim(1, -1).reshape(-1, m).sum(1)
+
+
+def fanin_rows(mask: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(mask.shape[0], -1).sum(1)
 
 
 def check_invariants(method, optimizer, prev_masks, step):
@@ -100,6 +106,11 @@ def test_invariants_every_step(name, structure, density, opt_kind):
         if structure == "nm" and full and name != "dense":
             for n, mask in method.state.masks.items():
                 assert torch.all(nm_blocks(mask) == 2), f"step {step}: {n} breaks 2:4"
+        if structure == "fanin" and full:
+            for n, mask in method.state.masks.items():
+                k = method.state.targets[n] // mask.shape[0]
+                assert method.state.targets[n] == k * mask.shape[0], f"{n}: target not k per neuron"
+                assert torch.all(fanin_rows(mask) == k), f"step {step}: {n} breaks fan-in {k}"
         changed |= any(not torch.equal(prev[n], m) for n, m in method.state.masks.items())
         prev = {n: m.clone() for n, m in method.state.masks.items()}
         method.pop_metrics()

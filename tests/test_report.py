@@ -42,7 +42,7 @@ def test_render_run_writes_plots_and_a_row(tmp_path):
     for name in ("loss", "accuracy", "density", "structure"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000
     row = table.splitlines()[2]
-    assert row.startswith("| rigl | 0.1 density | 0.1000 | 50.00 | 0.250 | 20 |")
+    assert row.startswith("| rigl | 0.1 density | 0.1000 | 50.00 | 0.250 | – | 20 |")   # no physical figure in this summary
 
 
 def test_run_table_shows_a_channel_method_s_cost_target():

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from regrow import structures
 from regrow.structures import (
-    NM, Unstructured, bottomk_mask, global_grow, global_prune, global_topk, grow_highest,
+    NM, FanIn, Unstructured, bottomk_mask, global_grow, global_prune, global_topk, grow_highest,
     kth_smallest, make_structure, prune_lowest, topk_mask,
 )
 
@@ -111,7 +111,8 @@ def test_nm_check_and_count():
 def test_make_structure_errors_name_allowed_values():
     assert isinstance(make_structure("unstructured"), Unstructured)
     assert isinstance(make_structure("nm", 1, 4), NM)
-    with pytest.raises(ValueError, match="unknown structure 'block'.*unstructured, nm"):
+    assert isinstance(make_structure("fanin"), FanIn)
+    with pytest.raises(ValueError, match="unknown structure 'block'.*unstructured, nm, fanin"):
         make_structure("block")
 
 
@@ -240,3 +241,44 @@ def test_global_selection_ranks_across_tensors():
     assert pr["a"].int().tolist() == [0, 1, 0, 0] and pr["b"].int().tolist() == [[0, 1], [0, 0]]
     gr = global_grow({"a": a, "b": b}, pr, 2)
     assert gr["a"].int().tolist() == [0, 1, 1, 1] and gr["b"].int().tolist() == [[0, 1], [0, 0]]
+
+
+# ---- constant fan-in (SRigL) -------------------------------------------------------------
+def test_fanin_counts_are_k_per_output_neuron():
+    f = FanIn()
+    assert f.count((8, 16, 3, 3), 0.1) == 8 * 14   # round(0.1 * 144) = 14 per neuron
+    assert f.count((10, 3), 0.01) == 10             # at least one input per neuron
+    assert f.round_count((10, 30), 47) == 50        # 4.7 per neuron -> 5
+    assert f.round_count((10, 30), 10_000) == 300   # capped at the fan-in
+    with pytest.raises(ValueError, match="Linear or Conv"):
+        f.check("bias", (8,))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 6), cols=st.integers(2, 12), data=st.data())
+def test_fanin_topk_prune_grow_keep_k_per_row(rows, cols, data):
+    f = FanIn()
+    k = data.draw(st.integers(1, cols))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 10_000)))
+    scores = torch.randn(rows, cols, generator=g)
+    scores[0, 0] = float("nan")
+    mask = f.topk(scores, k * rows)
+    assert torch.all(mask.sum(1) == k)
+    # the k best of each row (NaN lowest)
+    clean = torch.nan_to_num(scores, nan=float("-inf"))
+    kept_min = torch.where(mask, clean, torch.tensor(float("inf"))).min(1).values
+    dropped_max = torch.where(mask, torch.tensor(float("-inf")), clean).max(1).values
+    assert torch.all(kept_min >= dropped_max)
+    n = data.draw(st.integers(0, k * rows))
+    pruned = f.prune(torch.rand(rows, cols, generator=g), mask, n)
+    assert int(pruned.sum()) == k * rows - n and not torch.any(pruned & ~mask)
+    regrown = f.grow(torch.randn(rows, cols, generator=g), pruned, n)
+    assert torch.all(regrown.sum(1) == k) and torch.all(regrown | ~pruned)
+
+
+def test_fanin_grow_takes_each_rows_best_inactive():
+    f = FanIn()
+    mask = torch.tensor([[True, False, False, False], [False, False, False, False]])
+    scores = torch.tensor([[9.0, 1.0, 3.0, 2.0], [0.0, 5.0, 5.0, 1.0]])
+    new = f.grow(scores, mask, 3)
+    assert new.tolist() == [[True, False, True, False], [False, True, True, False]]

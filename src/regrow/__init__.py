@@ -6,8 +6,9 @@ from .methods import DSTEE, OptG  # noqa: F401
 from .methods import ASP, HALP, IEE, ChannelIEE  # noqa: F401
 from .methods.base import method_class
 from .state import SparseState, check_masks_synchronized, mask_checksum
+from .deploy import export, load as load_export  # noqa: F401
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def create(name: str, model, optimizer, **config):
@@ -20,5 +21,6 @@ def create(name: str, model, optimizer, **config):
 __all__ = [
     "create", "METHODS", "SparseMethod", "DropGrowMethod", "SparseState", "mask_checksum",
     "check_masks_synchronized",
-    "Dense", "Static", "SNIP", "SET", "RigL", "GMP", "DSTEE", "OptG", "IEE", "ASP", "HALP", "ChannelIEE", "__version__",
+    "Dense", "Static", "SNIP", "SET", "RigL", "GMP", "DSTEE", "OptG", "IEE", "ASP", "HALP", "ChannelIEE",
+    "export", "load_export", "__version__",
 ]

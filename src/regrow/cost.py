@@ -25,6 +25,12 @@ That is the papers' accounting, which assumes kernels that skip zeros. This libr
 runs masked *dense* kernels, so the ledger also keeps ``executed``: the same per-step
 formulas evaluated with ζ_P = ζ_D, i.e. what the hardware actually computed
 (``executed_relative``); wall-time ratios between methods follow that one.
+
+``physical_relative`` (``train_flops_physical_relative``) counts what each step
+physically needs with sparse kernels (``SparseMethod.step_flops_physical``). It equals
+the papers' accounting except for IEE's Reactivate & Explore: with Θ_P live the
+forward and the activation gradients run over every weight and Θ_P's weight gradients
+are computed, 3·ζ_D − ζ_P per sample where the appendix books 2·ζ_P + ζ_D.
 """
 from __future__ import annotations
 
@@ -136,6 +142,7 @@ class FlopsLedger:
         self.zeta_physical = self.zeta_dense  # what the (masked dense) kernels compute now
         self.pretrain = float(pretrain_flops) + 3.0 * self.zeta_dense * int(pretrain_samples)
         self.total = self.pretrain
+        self.physical = self.pretrain
         self.executed = self.pretrain
         self.samples = 0
         self.steps = 0
@@ -167,6 +174,7 @@ class FlopsLedger:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         cost = float(self.method.step_flops(self._zeta_next, self.zeta_dense)) * batch_size
         self.total += cost
+        self.physical += float(self.method.step_flops_physical(self._zeta_next, self.zeta_dense)) * batch_size
         # the step ran on the model as it was before this step's slimming (if any)
         self.executed += float(self.method.step_flops(self.zeta_physical, self.zeta_physical)) * batch_size
         self.samples += int(batch_size)
@@ -180,6 +188,14 @@ class FlopsLedger:
         if self.samples == 0:
             return 0.0 if self.total == 0 else math.inf
         return self.total / (3.0 * self.zeta_dense * self.samples)
+
+    @property
+    def physical_relative(self) -> float:
+        """As :attr:`relative`, counting what each step physically needs with sparse
+        kernels (``step_flops_physical``) instead of the papers' accounting."""
+        if self.samples == 0:
+            return 0.0 if self.physical == 0 else math.inf
+        return self.physical / (3.0 * self.zeta_dense * self.samples)
 
     @property
     def executed_relative(self) -> float:
@@ -198,7 +214,7 @@ class FlopsLedger:
         return self.zeta_dense
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"total": self.total, "executed": self.executed, "samples": self.samples, "steps": self.steps,
+        return {"total": self.total, "physical": self.physical, "executed": self.executed, "samples": self.samples, "steps": self.steps,
                 "zeta_next": self._zeta_next, "zeta_dense": self.zeta_dense, "pretrain": self.pretrain,
                 "zeta_physical": self.zeta_physical}
 
@@ -209,6 +225,7 @@ class FlopsLedger:
             raise ValueError(f"FlopsLedger state is for a model of {sd['zeta_dense']:g} dense FLOPs, "
                              f"this one has {self.zeta_dense:g} (different model or input shape)")
         self.total = float(sd["total"])
+        self.physical = float(sd.get("physical", sd["total"]))
         self.executed = float(sd["executed"])
         self.samples = int(sd["samples"])
         self.steps = int(sd["steps"])

@@ -15,7 +15,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import matplotlib
 
@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 STRUCTURE_KEYS = ("iou_grow", "iou_prune", "survival_rate", "exploration_degree")
 CSV_FIELDS = ("method", "density", "seeds", "test_top1_mean", "test_top1_std", "final_density_mean",
-              "train_flops_relative_mean", "steps", "wall_seconds_mean")
+              "train_flops_relative_mean", "train_flops_physical_relative_mean", "steps", "wall_seconds_mean")
 
 
 def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
@@ -119,14 +119,23 @@ def _target(summary: Dict[str, Any]) -> str:
     return f"{summary.get('target_density', 0):.4g} density"
 
 
+def _flops(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+# Training FLOPs in two accountings: the papers' (IEE appendix §3) and what each step
+# physically needs with sparse kernels (they differ for IEE's Reactivate & Explore).
+FLOPS_HEADER = "train FLOPs (× dense): paper | physical"
+
+
 def run_table(summaries: List[Dict[str, Any]]) -> str:
-    lines = ["| method | target | final density | test top-1 (%) | train FLOPs (× dense) | steps | wall (s) |",
+    lines = [f"| method | target | final density | test top-1 (%) | {FLOPS_HEADER} | steps | wall (s) |",
              "|---|---|---|---|---|---|---|"]
     for s in summaries:
-        flops = s.get("train_flops_relative")
         lines.append(
             f"| {s.get('method')} | {_target(s)} | {s.get('final_density', 0):.4f} | "
-            f"{_pct(s.get('test_top1'))} | {'–' if flops is None else f'{flops:.3f}'} | {s.get('steps')} | "
+            f"{_pct(s.get('test_top1'))} | {_flops(s.get('train_flops_relative'))} | "
+            f"{_flops(s.get('train_flops_physical_relative'))} | {s.get('steps')} | "
             f"{s.get('wall_seconds', 0):.1f} |")
     return "\n".join(lines)
 
@@ -156,11 +165,14 @@ def aggregate(summaries: List[Dict[str, Any]], order: List[str] = ()) -> List[Di
     for (method, density), runs in sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0][0], -kv[0][1])):
         top1 = mean_std([r["test_top1"] for r in runs if r.get("test_top1") is not None])
         flops = [r["train_flops_relative"] for r in runs if r.get("train_flops_relative") is not None]
+        physical = [r["train_flops_physical_relative"] for r in runs
+                    if r.get("train_flops_physical_relative") is not None]
         rows.append({
             "method": method, "density": density, "seeds": len(runs),
             "test_top1_mean": top1[0], "test_top1_std": top1[1],
             "final_density_mean": mean_std([r["final_density"] for r in runs])[0],
             "train_flops_relative_mean": mean_std(flops)[0] if flops else None,
+            "train_flops_physical_relative_mean": mean_std(physical)[0] if physical else None,
             "steps": runs[0].get("steps"),
             "wall_seconds_mean": mean_std([r.get("wall_seconds", 0.0) for r in runs])[0],
         })
@@ -168,21 +180,23 @@ def aggregate(summaries: List[Dict[str, Any]], order: List[str] = ()) -> List[Di
 
 
 def compare_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| method | density | seeds | test top-1 (%) mean ± std | final density | train FLOPs (× dense) | wall (s) |",
+    lines = [f"| method | density | seeds | test top-1 (%) mean ± std | final density | {FLOPS_HEADER} | wall (s) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        flops = r["train_flops_relative_mean"]
         lines.append(
             f"| {r['method']} | {r['density']:g} | {r['seeds']} | {100 * r['test_top1_mean']:.2f} ± "
             f"{100 * r['test_top1_std']:.2f} | {r['final_density_mean']:.4f} | "
-            f"{'–' if flops is None else f'{flops:.3f}'} | {r['wall_seconds_mean']:.1f} |")
+            f"{_flops(r['train_flops_relative_mean'])} | {_flops(r.get('train_flops_physical_relative_mean'))} | "
+            f"{r['wall_seconds_mean']:.1f} |")
     return "\n".join(lines)
 
 
-def render_compare(compare_dir, order: List[str] = ()) -> str:
-    """Write results.csv, results.md and plots for a compare directory; return the table."""
+def render_compare(compare_dir, order: List[str] = (), runs: Optional[List[Path]] = None) -> str:
+    """Write results.csv, results.md and plots for a compare directory; return the table.
+    ``runs``: the cells to show (``regrow compare`` passes exactly its grid); default: every
+    ``*/summary.json``."""
     compare_dir = Path(compare_dir)
-    runs = find_runs(compare_dir)
+    runs = find_runs(compare_dir) if runs is None else [r for r in runs if (Path(r) / "summary.json").is_file()]
     if not runs:
         raise FileNotFoundError(f"{compare_dir} holds no finished runs (no */summary.json)")
     summaries = [read_summary(r) for r in runs]

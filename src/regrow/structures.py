@@ -4,6 +4,10 @@
 * ``nm`` (N:M, Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks"):
   every block of M consecutive weights along the *input* dimension of a Linear
   (``[out, in]``) or Conv (``[out, in, *kernel]``) weight keeps exactly N.
+* ``fanin`` (constant fan-in, Lasby et al. ICLR 2024, "Dynamic Sparse Training with
+  Structured Sparsity", SRigL): every output neuron (row ``w[o]`` of ``[out, in, *kernel]``)
+  keeps exactly the same number k of inputs, so the layer condenses to values and
+  indices of shape ``[out, k]`` (y_o = Σ_j v[o, j] · x[idx[o, j]]).
 
 Ties are broken deterministically: among equal scores the lower flat index wins
 (is kept by ``topk``/``grow``, and is removed first by ``prune``). NaN scores rank
@@ -12,7 +16,7 @@ as -inf: below every real score, so a NaN is never preferred to a number.
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -280,12 +284,84 @@ class NM:
         return new
 
 
+def fill_rows(scores: torch.Tensor, mask: torch.Tensor, per_row: int) -> torch.Tensor:
+    """``mask`` ([rows, cols]) plus, in every row, its best inactive entries until the row
+    holds ``per_row`` (NaN lowest; ties: lower index). Rows already full are unchanged."""
+    s = _clean(scores)
+    deficit = per_row - mask.sum(1, keepdim=True)
+    # best score first (ties: lower index), then every inactive entry before every active
+    # one, so even -inf/NaN candidates fill a row before nothing does (as NM._fill)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    active_first = torch.sort(mask.gather(1, order).to(torch.uint8), dim=1, stable=True).indices
+    order = order.gather(1, active_first)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+    return mask | (ranks < deficit)
+
+
+class FanIn:
+    """Constant fan-in (SRigL, Lasby et al. 2024): every output neuron keeps exactly k inputs.
+
+    A layer's count is always ``k · out``; ``round_count`` turns a distribution's count
+    into that (k = round(count / out), clipped to [1, fan-in]). Drop-and-grow methods prune
+    the Ω lowest-scored active weights of the layer anywhere, then grow refills every
+    neuron to k from its own best inactive entries (SRigL §3: "regrow as many weights in
+    each neuron as were pruned from it"), so the total regrown is exactly Ω."""
+
+    name = "fanin"
+
+    def check(self, name: str, shape: Sequence[int]) -> None:
+        if len(shape) < 2:
+            raise ValueError(
+                f"fan-in sparsity needs a Linear or Conv weight, but '{name}' has shape {tuple(shape)}"
+            )
+
+    @staticmethod
+    def _rows(shape: Sequence[int]) -> Tuple[int, int]:
+        rows = int(shape[0])
+        return rows, math.prod(int(s) for s in shape) // rows
+
+    def round_count(self, shape: Sequence[int], count: int) -> int:
+        rows, fan_in = self._rows(shape)
+        return rows * max(1, min(fan_in, int(round(count / rows))))
+
+    def count(self, shape: Sequence[int], density: float) -> int:
+        rows, fan_in = self._rows(shape)
+        return self.round_count(shape, int(round(density * rows * fan_in)))
+
+    def per_row(self, shape: Sequence[int], k: int) -> int:
+        rows, _ = self._rows(shape)
+        assert k % rows == 0, f"fan-in count {k} is not a multiple of the {rows} output neurons"
+        return k // rows
+
+    def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
+        rows = scores.shape[0]
+        empty = torch.zeros((rows, scores[0].numel()), dtype=torch.bool, device=scores.device)
+        return fill_rows(scores.reshape(rows, -1), empty, self.per_row(scores.shape, k)).view(scores.shape)
+
+    def prune(self, scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+        return prune_lowest(scores, mask, n)
+
+    def grow(self, scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+        rows = mask.shape[0]
+        per = (count_true(mask) + n) // rows
+        new = fill_rows(scores.reshape(rows, -1), mask.reshape(rows, -1), per).view(mask.shape)
+        assert count_true(new) - count_true(mask) == n, "fan-in grow must refill exactly the pruned count"
+        return new
+
+
+STRUCTURES = ("unstructured", "nm", "fanin")
+
+
 def make_structure(name: str, n: int = 2, m: int = 4):
     if name == "unstructured":
         return Unstructured()
     if name == "nm":
         return NM(n, m)
-    raise ValueError(f"unknown structure '{name}'; allowed: unstructured, nm (channel: see regrow.structured)")
+    if name == "fanin":
+        return FanIn()
+    raise ValueError(f"unknown structure '{name}'; allowed: {', '.join(STRUCTURES)} "
+                     f"(channel: see regrow.structured)")
 
 
 # ---- several tensors ranked together (the "global" distribution) -------------

@@ -51,7 +51,9 @@ class SparsityConfig:
     density: fraction of sparse weights kept, in (0, 1]; ``None`` means 0.1, or N/M
         for the ``nm`` structure (where any other value is an error).
     distribution: ``uniform`` | ``erk`` | ``global``.
-    structure: ``unstructured`` | ``nm`` (with ``n``, ``m``).
+    structure: ``unstructured`` | ``nm`` (with ``n``, ``m``) | ``fanin`` (every output
+        neuron keeps the same number of inputs; per-layer counts rounded to a multiple of
+        the layer's outputs).
     dense_first_last: keep the first and last sparse layer dense.
     include / exclude: fnmatch patterns on parameter names, matched against every name
         of a tied tensor; ``include`` replaces the default (every Conv/Linear/HF Conv1D
@@ -182,7 +184,7 @@ class SparseMethod(metaclass=_MethodMeta):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = SparsityConfig
-    structures: ClassVar[Tuple[str, ...]] = ("unstructured", "nm")
+    structures: ClassVar[Tuple[str, ...]] = ("unstructured", "nm", "fanin")
     needs_total_steps: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
     keeps_dormant: ClassVar[bool] = False
@@ -257,6 +259,9 @@ class SparseMethod(metaclass=_MethodMeta):
                 raise ValueError("distribution 'global' cannot be combined with structure 'nm'; "
                                  "allowed with nm: uniform, erk (both give n/m per layer)")
             self.config = dataclasses.replace(cfg, density=cfg.n / cfg.m)
+        elif cfg.structure == "fanin" and cfg.distribution == "global":
+            raise ValueError("distribution 'global' cannot be combined with structure 'fanin' "
+                             "(every neuron keeps k inputs per layer); allowed with fanin: uniform, erk")
         elif cfg.density is None:
             self.config = dataclasses.replace(cfg, density=0.1)
         else:
@@ -297,7 +302,14 @@ class SparseMethod(metaclass=_MethodMeta):
             dense = set(self.dense_names())
             return {n: math.prod(s) if n in dense else self.structure.count(s, cfg.density)
                     for n, s in shapes.items()}
-        return layer_counts(cfg.distribution, shapes, cfg.density, self.dense_names())
+        counts = layer_counts(cfg.distribution, shapes, cfg.density, self.dense_names())
+        if cfg.structure == "fanin":   # k per output neuron: a multiple of the outputs
+            counts = {n: self.structure.round_count(self._canonical_shape(n), c) for n, c in counts.items()}
+        return counts
+
+    def _canonical_shape(self, name: str) -> Tuple[int, ...]:
+        """The weight's shape as [out, in, ...] (HF Conv1D stores [in, out])."""
+        return tuple(to_canonical(self.params[name], self._dim(name)).shape)
 
     def initial_masks(self, targets: Dict[str, int]) -> Dict[str, torch.Tensor]:
         """Random masks at the targets (globally ranked under ``global``)."""
@@ -397,8 +409,21 @@ class SparseMethod(metaclass=_MethodMeta):
         for n, v in values.items():
             staged[n] = staged[n] + v if n in staged else v
 
-    def _pre_step_hook(self, optimizer, args, kwargs) -> None:
-        self.mask_gradients()
+    def _pre_step_hook(self, optimizer, args, kwargs):
+        # args[0] is the optimizer itself (torch passes the bound call's arguments)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self.mask_gradients()
+            return None
+        # optimizer.step(closure) (Lightning, LBFGS): the closure runs the backward pass
+        # inside step(), after this hook; mask what it computed before the update
+        def masked_closure():
+            loss = closure()
+            self.mask_gradients()
+            return loss
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": masked_closure}
+        return (args[0], masked_closure, *args[2:]), kwargs
 
     def _post_step_hook(self, optimizer, args, kwargs) -> None:
         self._finish_step()
@@ -609,6 +634,13 @@ class SparseMethod(metaclass=_MethodMeta):
         forward FLOPs of the sparse model that step ran (ζ_P) and of the dense one (ζ_D).
         Default: sparse forward + backward ≈ 3·ζ_P (IEE appendix §3; dense: ζ_P = ζ_D)."""
         return 3.0 * zeta_sparse
+
+    def step_flops_physical(self, zeta_sparse: float, zeta_dense: float) -> float:
+        """Training FLOPs per sample the step just taken physically needs with sparse
+        kernels (forward, activation gradients and weight gradients over exactly the
+        weights that are live or updated). The same as :meth:`step_flops` unless the
+        paper's accounting leaves something out (IEE's Reactivate & Explore)."""
+        return self.step_flops(zeta_sparse, zeta_dense)
 
     def expected_counts(self) -> Dict[str, int]:
         """The active count each layer must hold right now (tests check it exactly)."""

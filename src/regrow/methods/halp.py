@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..schedules import exponential_ratio
-from ..structured.masking import ChannelConfig, ChannelMethod
+from .channel import ChannelConfig, ChannelMethod
 from .base import METHODS
 
 

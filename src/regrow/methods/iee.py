@@ -436,3 +436,12 @@ class IEE(SparseMethod):
         if self.stage(self.state.step) == "explore":
             return 2.0 * zeta_sparse + zeta_dense if self.config.freeze else 3.0 * zeta_dense
         return 3.0 * zeta_sparse
+
+    def step_flops_physical(self, zeta_sparse: float, zeta_dense: float) -> float:
+        """As :meth:`step_flops` except in Reactivate & Explore, where Θ_P is live: the
+        forward pass runs every weight (ζ_D), activation gradients flow through every
+        live weight (ζ_D), and the weight gradients of Θ_P are computed (ζ_D − ζ_P with
+        Θ_K frozen, ζ_D without): 3·ζ_D − ζ_P per sample, not the appendix's 2·ζ_P + ζ_D."""
+        if self.stage(self.state.step) == "explore":
+            return 3.0 * zeta_dense - zeta_sparse if self.config.freeze else 3.0 * zeta_dense
+        return 3.0 * zeta_sparse

@@ -57,6 +57,7 @@ so every rank keeps identical scores without extra communication.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -241,8 +242,13 @@ class OptG(SparseMethod):
             pairs.append((gi, len(score_groups)))
             score_groups.append(sg)
         cls = type(self.optimizer)
+        # defaults the constructor takes (torch's AdamW keeps Adam's decoupled_weight_decay in
+        # its defaults but does not accept it); the groups carry every setting anyway
+        sig = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
+        defaults = {k: v for k, v in self.optimizer.defaults.items() if k != "params" and (takes_any or k in sig)}
         try:
-            opt = cls(score_groups, **{k: v for k, v in self.optimizer.defaults.items() if k != "params"})
+            opt = cls(score_groups, **defaults)
         except TypeError as e:
             raise ValueError(f"OptG trains its scores with an optimizer of the model's optimizer class "
                              f"{cls.__name__}, which could not be built from its defaults: {e}") from None

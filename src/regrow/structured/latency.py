@@ -215,6 +215,53 @@ def channel_grid(n: int, points: int) -> List[int]:
 
 
 # ---- the table ----------------------------------------------------------------------
+def check_table(data: dict, path: str) -> None:
+    """Every key a table needs, with the type it needs, named with the file when missing."""
+    def need(obj, key, kinds, where):
+        if key not in obj:
+            raise ValueError(f"latency table '{path}' lacks the key '{key}'{where}; rebuild it with "
+                             "`regrow latency-table`")
+        if not isinstance(obj[key], kinds) or isinstance(obj[key], bool):
+            raise ValueError(f"latency table '{path}': '{key}'{where} must be "
+                             f"{' or '.join(k.__name__ for k in kinds)}, got {type(obj[key]).__name__}")
+
+    for key, kinds in (("device", (str,)), ("torch", (str,)), ("entries", (dict,))):
+        need(data, key, kinds, "")
+    if "clock" in data:
+        need(data, "clock", (str,), "")
+    if "overheads" in data:
+        need(data, "overheads", (dict,), "")
+        def finite(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+        for k, v in data["overheads"].items():
+            if isinstance(v, dict):
+                for key in ("scale", "offset"):
+                    need(v, key, (int, float), f" in overhead '{k}'")
+                ok = finite(v["scale"]) and finite(v["offset"])
+            else:  # older tables: the factor alone
+                ok = finite(v)
+            if not ok:
+                raise ValueError(f"latency table '{path}': overhead '{k}' must be finite scale and offset, got {v!r}")
+    for sig, e in data["entries"].items():
+        where = f" in entry '{sig}'"
+        if not isinstance(e, dict):
+            raise ValueError(f"latency table '{path}': entry '{sig}' must be a mapping of c_in, c_out, ms")
+        for key in ("c_in", "c_out", "ms"):
+            need(e, key, (list,), where)
+        try:
+            ms = np.asarray(e["ms"], dtype=np.float64)
+            c_in = np.asarray(e["c_in"], dtype=np.float64)
+            c_out = np.asarray(e["c_out"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"latency table '{path}': entry '{sig}' holds non-numbers") from None
+        if ms.ndim != 2 or c_in.ndim != 1 or c_out.ndim != 1 or ms.shape[1] != len(c_out) \
+                or ms.shape[0] not in (1, len(c_in)) or not np.isfinite(ms).all():
+            raise ValueError(f"latency table '{path}': entry '{sig}' needs finite ms of shape "
+                             f"(len(c_in), len(c_out)) = ({len(c_in)}, {len(c_out)}), got {ms.shape}")
+
+
+
 class LatencyTable:
     """Measured latencies by layer signature, for one device and torch version."""
 
@@ -247,14 +294,19 @@ class LatencyTable:
         if not os.path.exists(path):
             raise FileNotFoundError(f"latency table '{path}' does not exist; build one with "
                                     "`regrow latency-table --model M --data D --batch-size B --out FILE`")
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"latency table '{path}' is not valid JSON ({e}); rebuild it with "
+                             "`regrow latency-table`") from None
         if isinstance(data, dict) and data.get("format") == "regrow.latency/1":
             raise ValueError(f"latency table '{path}' has the old format regrow.latency/1, whose CPU "
                              "timings could include page faults of the allocator; rebuild it with "
                              "`regrow latency-table`")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"'{path}' is not a regrow latency table (expected format '{FORMAT}')")
+        check_table(data, path)
         table = cls(data["device"], data["torch"], data["entries"], source=path, clock=data.get("clock", "wall"),
                     overheads=data.get("overheads", {}))
         if check:

@@ -6,9 +6,12 @@ CUDA, numpy, python), the loop position (step, epoch, steps taken in that epoch,
 metrics.jsonl lines written, running log accumulators) and the resolved config.
 
 Writing goes to a temporary file in the same directory, is flushed to disk and
-then ``os.replace``-d over the old file, so a crash mid-write never damages the
-previous checkpoint. Everything is stored as tensors and plain Python values, so
-loading uses ``torch.load(weights_only=True)`` and executes no pickled code.
+then ``os.replace``-d over the old file (and the directory fsynced), so a crash
+mid-write never damages the previous checkpoint; temp files of killed writes are
+removed by the next write. Everything is stored as tensors and plain Python values,
+so loading uses ``torch.load(weights_only=True)``, which refuses any other global:
+the checkpoint itself executes no pickled code. (The data a run reads is another
+file: see ``regrow.train.data`` and docs/security.md.)
 """
 from __future__ import annotations
 
@@ -51,15 +54,43 @@ def set_rng_state(sd: Dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
-def save(path: os.PathLike, payload: Dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temp file in the same directory + rename)."""
-    path = Path(path)
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable: fsync the directory entry (a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _remove_orphans(path: Path) -> None:
+    """Temp files of writes killed before their rename (the caller holds the run's lock)."""
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            orphan.unlink()
+        except OSError:
+            pass
+
+
+def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, **payload}
+    _remove_orphans(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _umask_mode())  # mkstemp makes 0600; match the run's other files
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -67,6 +98,19 @@ def save(path: os.PathLike, payload: Dict[str, Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def save(path: os.PathLike, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a temp file in the same directory (temp
+    files of earlier killed writes are removed first), fsync, rename, fsync the directory."""
+    payload = {"format": FORMAT, **payload}
+    _atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def write_text(path: os.PathLike, text: str) -> None:
+    """Atomic text write (config.yaml, summary.json, a truncated metrics.jsonl)."""
+    _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def load(path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:

@@ -13,7 +13,11 @@ update interval ΔT mean the same whatever the world size.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -92,6 +96,8 @@ class RunConfig:
                                                   "train_flops_relative (empty: read from a regrow checkpoint, "
                                                   "0 for a plain state_dict)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    dist_timeout: float = _f(1800.0, "torchrun: seconds a rank waits for the others in a collective before "
+                                     "the run fails (a stopped rank otherwise stalls the rest this long)")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +252,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             options = sorted(set(allowed) - set(HARNESS_METHOD_KEYS))
             raise ValueError(f"unknown option {k!r} for method '{cfg.method}'; allowed: {options} "
                              f"(with structure '{cfg.structure}')")
+    cfg.method_options = check_method_options(cfg.method, cfg.structure, cfg.method_options)
     if not cfg.model.startswith("tv:"):
         models_mod.MODELS.get(cfg.model)
     data_mod.DATASETS.get(cfg.data)
@@ -269,6 +276,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"pretrained_epochs must be >= 0, got {cfg.pretrained_epochs}")
         if cfg.pretrained is None:
             raise ValueError("pretrained_epochs needs pretrained (the checkpoint those epochs produced)")
+    if not cfg.dist_timeout > 0:
+        raise ValueError(f"dist_timeout must be a positive number of seconds, got {cfg.dist_timeout}")
     if cfg.threads is not None and cfg.threads <= 0:
         raise ValueError(f"threads must be a positive integer, got {cfg.threads}")
     if cfg.image_size is not None and cfg.image_size <= 0:
@@ -295,6 +304,121 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.data_root is not None and not Path(cfg.data_root).exists():
         raise FileNotFoundError(f"data_root {cfg.data_root} does not exist")
     return cfg
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def coerce_option(value: Any, hint: Any) -> Any:
+    """``value`` (from YAML or ``--opt KEY=VALUE``) as the type ``hint`` of a Config field:
+    int, float, bool, str, Optional[...], Tuple[...] (lists stay lists). ValueError says why."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        reasons = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce_option(value, arg)
+            except ValueError as e:
+                reasons.append(str(e))
+        raise ValueError("; ".join(reasons))
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("expected a list")
+        inner = args[0] if args else Any
+        for v in value:
+            coerce_option(v, inner)
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError("expected true or false")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a number")
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ValueError(f"expected {hint.__name__}") from None
+        if not isinstance(number, (int, float)):
+            raise ValueError(f"expected {hint.__name__}")
+        if hint is int:
+            if not float(number).is_integer():
+                raise ValueError("expected an integer")
+            return int(number)
+        return float(number)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    return value   # any other type: the method's own validation checks it
+
+
+def check_method_options(method: str, structure: Optional[str], options: Dict[str, Any]) -> Dict[str, Any]:
+    """Check each method option against the type of its field in the method's Config
+    (``--opt alpha=abc`` -> "method option 'alpha' of 'rigl' must be float, got 'abc'");
+    return the options with YAML strings such as ``1e-3`` converted to the field's type."""
+    from ..methods.base import method_class
+
+    cls = method_class(method, structure)
+    hints = typing.get_type_hints(cls.Config)
+    out = dict(options)
+    for k, v in options.items():
+        hint = hints.get(k)
+        if hint is None:
+            continue  # unknown options are named by validate()
+        if isinstance(v, str) and k in ("include", "exclude"):
+            continue  # one pattern stands for a one-element tuple
+        try:
+            out[k] = coerce_option(v, hint)
+        except ValueError as e:
+            raise ValueError(f"method option {k!r} of '{method}' must be {_type_name(hint)}, got {v!r} ({e})") from None
+    return out
+
+
+# Fields that say how or where a run executes, not what it computes: they may differ
+# between a checkpoint and its directory (``resume --device``) and between compare cells.
+OPERATIONAL = ("out", "quiet", "device", "threads", "num_workers", "data_root", "eval_batch_size",
+               "log_every", "eval_every", "checkpoint_every", "dist_timeout", "compile")
+
+
+def identity(cfg: Any) -> Dict[str, Any]:
+    """The fields of a resolved config that decide what a run computes."""
+    d = cfg.to_dict() if isinstance(cfg, RunConfig) else build(cfg).to_dict()
+    return {k: v for k, v in d.items() if k not in OPERATIONAL}
+
+
+def fingerprint(cfg: Any) -> str:
+    """A short hash of :func:`identity` (method, model, data, options, schedule, seed, ...)."""
+    text = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differences(a: Any, b: Any) -> Dict[str, tuple]:
+    """Fields (of :func:`identity`) whose values differ: name -> (a's, b's)."""
+    ia, ib = identity(a), identity(b)
+    return {k: (ia.get(k), ib.get(k)) for k in sorted(set(ia) | set(ib))
+            if json.dumps(ia.get(k), sort_keys=True, default=str) != json.dumps(ib.get(k), sort_keys=True, default=str)}
+
+
+def check_stored_data_root(data_root: Optional[str], run_dir: os.PathLike) -> None:
+    """A data root read from a run directory someone else may have made: refuse one that
+    lies inside that directory (its files would come with the download). Relative roots
+    mean the user's working directory, as for every path given on the command line."""
+    if data_root is None:
+        return
+    root = Path(data_root).expanduser().resolve()
+    run = Path(run_dir).resolve()
+    if root == run or run in root.parents:
+        raise ValueError(
+            f"data_root {data_root!r} stored in {run_dir} lies inside that run directory; a run "
+            f"directory's own files are not trusted as data: pass --data-root DIR naming your copy of the data")
 
 
 def dump(cfg: RunConfig) -> str:

@@ -342,14 +342,40 @@ _CIFAR = {
 }
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR python batch is made of: dicts, lists, strings and
+    numbers (no global needed), numpy arrays, dtypes and scalars, and the bytes codec
+    protocol-2 pickles use. Any other global (``os.system``, ``builtins.eval``, a class
+    to construct) is refused before it is looked up, so a planted file runs no code."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global '{module}.{name}' (only numpy arrays and "
+                                         "plain values are allowed in a CIFAR batch)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
+    """One CIFAR python batch, read through :class:`_CifarUnpickler` (never plain
+    ``pickle.load``: the data root may come from someone else)."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            d = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError) as e:
         raise ValueError(f"{path} is not a CIFAR python pickle batch: {e}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path} is not a CIFAR python pickle batch (holds a {type(d).__name__})")
+    for k, v in d.items():
+        if isinstance(v, np.ndarray) and v.dtype.hasobject:
+            raise ValueError(f"{path}: entry {k!r} is an object array; a CIFAR batch holds numbers")
     return d
 
 

@@ -14,9 +14,10 @@ taken, so the data order is restored exactly.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -49,8 +50,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def setup(device: str = "auto") -> Context:
-    """Join the process group when launched by torchrun; pick this rank's device."""
+def setup(device: str = "auto", timeout: Optional[float] = None) -> Context:
+    """Join the process group when launched by torchrun; pick this rank's device.
+    ``timeout``: seconds a collective waits for every rank (``--dist-timeout``; torch's
+    default is 30 minutes, which a stopped rank makes the others sit through)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -58,7 +61,8 @@ def setup(device: str = "auto") -> Context:
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        kw = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **kw)
     return Context(rank=rank, world_size=world, local_rank=local, device=dev)
 
 

@@ -37,12 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..cost import FlopsLedger
 from ..methods.base import method_class, resolve_config
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
-from .config import RunConfig, data_seed, dump, validate
+from .config import RunConfig, data_seed, dump, fingerprint, validate
+from .lock import RunLock
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -51,7 +52,30 @@ CONFIG = "config.yaml"
 
 
 class NonFiniteLoss(ValueError):
-    """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
+    """The loss, the weights or the evaluation loss became NaN/inf; the run stopped and
+    kept its last good checkpoint (one whose weights and evaluation loss were finite)."""
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats as None (JSON has no NaN; ``json.dumps`` would write it)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)) or (torch.is_tensor(value) and value.numel() == 1):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def dumps(record: Dict[str, Any], **kw: Any) -> str:
+    return json.dumps(json_safe(record), allow_nan=False, sort_keys=True, **kw)
+
+
+def nonfinite_tensors(model: nn.Module) -> List[str]:
+    """Names of floating parameters/buffers holding NaN or inf."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return [n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int,
@@ -195,13 +219,13 @@ class _Writer:
         if enabled:
             if path.exists():
                 kept = path.read_text().splitlines(keepends=True)[:lines]
-                path.write_text("".join(kept))
+                ckpt.write_text(path, "".join(kept))
             self.f = open(path, "a")
 
     def write(self, record: Dict[str, Any]) -> None:
         self.lines += 1
         if self.enabled:
-            self.f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+            self.f.write(dumps(record, default=float) + "\n")
             self.f.flush()
 
     def close(self) -> None:
@@ -263,6 +287,11 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise ValueError(f"run directory {out} exists and is not a directory")
     if out.exists() and not overwrite:
         taken = [n for n in (CHECKPOINT, SUMMARY, METRICS) if (out / n).exists()]
+        if taken == [METRICS] and (out / CONFIG).is_file():
+            raise ValueError(
+                f"run directory {out} holds {METRICS} but no {CHECKPOINT}: its run stopped before the first "
+                f"checkpoint; restart it from its config.yaml with 'regrow resume {out}', or pass --overwrite "
+                "to start this one there")
         if taken:
             raise ValueError(
                 f"run directory {out} already holds {', '.join(taken)}; continue it with "
@@ -271,6 +300,8 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
+    """Clear a run directory for a fresh start: called only once the run is known to start
+    (every option checked, data, model and method built), under the directory's lock."""
     check_out(out, overwrite)
     if overwrite:
         for n in (CHECKPOINT, SUMMARY, METRICS):
@@ -278,12 +309,42 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def check_checkpoint_belongs(out: Path, state: Dict[str, Any]) -> None:
+    """``resume``: the checkpoint must be this directory's (its config.yaml's fingerprint);
+    refuse another run's checkpoint before anything is written."""
+    from .config import differences, load_yaml
+
+    stored = out / CONFIG
+    if not stored.is_file():
+        return  # nothing to disagree with (config.yaml is rewritten by nobody but a fresh start)
+    try:
+        mine = load_yaml(str(stored))
+        fp_dir = fingerprint(mine)
+    except ValueError as e:
+        raise ValueError(f"{stored} is not a regrow run config ({e}); refusing to resume over it") from None
+    fp_ckpt = fingerprint(state["config"])
+    if fp_dir != fp_ckpt or state.get("fingerprint", fp_ckpt) != fp_ckpt:
+        diff = differences(mine, state["config"])
+        shown = "; ".join(f"{k}: {a!r} in config.yaml, {b!r} in the checkpoint" for k, (a, b) in
+                          list(diff.items())[:6])
+        raise ValueError(
+            f"{out / CHECKPOINT} does not belong to run directory {out} (config fingerprint {fp_ckpt} "
+            f"vs {fp_dir} of its config.yaml: {shown or 'edited checkpoint'}); nothing was changed. Put the "
+            "checkpoint back in its own run directory and resume that one")
+
+
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-          stop_after_steps: Optional[int] = None, report: bool = True) -> Dict[str, Any]:
+          stop_after_steps: Optional[int] = None, report: bool = True,
+          check_only: bool = False) -> Dict[str, Any]:
     """Run (or, with ``resume``, continue) the training run ``cfg``; return the summary.
 
     ``stop_after_steps`` writes a checkpoint after that many optimizer steps and
     returns early (an interruption on purpose, used to test ``regrow resume``).
+    ``check_only`` builds data, model and method (every late check) and returns ``{}``
+    without touching the run directory (``regrow compare`` checks all cells first).
+
+    Nothing in the run directory is removed or written before the run is known to start;
+    rank 0 holds the directory's lock (:class:`~regrow.train.lock.RunLock`) throughout.
     """
     validate(cfg)
     check_method_config(cfg)
@@ -291,24 +352,41 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     from .models import build_model
 
     out = Path(cfg.out)
-    ctx = dist_utils.setup(cfg.device)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"run directory {out} exists and is not a directory")
+    ctx = dist_utils.setup(cfg.device, timeout=cfg.dist_timeout)
+    lock = None
     try:
         if cfg.amp and ctx.device.type != "cuda":
             raise ValueError(f"amp (bfloat16 autocast) needs a CUDA device; this run is on {ctx.device}")
+        if not check_only:
+            failure = None
+            if ctx.is_main:
+                try:
+                    lock = RunLock(out, "regrow " + ("resume" if resume else "train")).acquire()
+                except ValueError as e:
+                    failure = e
+            if dist_utils.broadcast_flag(ctx, failure is not None):
+                raise failure or ValueError(f"rank 0 could not lock run directory {out}")
+            if lock is not None and lock.stale:
+                print(f"regrow: took over the lock of a writer that is gone ({lock.stale})")
         state = None
         if resume:
             state = ckpt.load(out / CHECKPOINT)
-        else:
+            check_checkpoint_belongs(out, state)
+        elif not check_only:
             check_out(out, overwrite)
             dist_utils.barrier(ctx)  # every rank has looked before rank 0 writes anything
-            if ctx.is_main:
-                prepare_out(out, overwrite)
-        return _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model)
+        return _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model,
+                    overwrite=overwrite, check_only=check_only)
     finally:
+        if lock is not None:
+            lock.release()
         dist_utils.teardown(ctx)
 
 
-def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model):
+def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model, *,
+         overwrite: bool = False, check_only: bool = False):
     t0 = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -366,19 +444,27 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
     ledger = FlopsLedger(model, method, bundle.input_shape,
                          pretrain_samples=pretrain_samples(cfg, len(bundle.train)) if state is None else 0)
     loss_fn = loss_fn_for(cfg.label_smoothing)
+    if check_only:
+        return {}
 
     loop = {"step": 0, "epoch": 0, "epoch_step": 0, "metrics_lines": 0, "wall": 0.0,
             "window": [0.0, 0.0], "epoch_stats": [0.0, 0.0], "last_eval": {},
             "train_wall": 0.0, "train_cpu": 0.0}
     if state is not None:
-        method.prepare_model(state["method"])  # e.g. slim the fresh model like the checkpointed one
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sched.set(state["loop"]["step"])  # the LR is a function of the step alone
-        method.pop_metrics()  # records of the fresh construction the checkpoint replaces
-        method.load_state_dict(state["method"])
-        if state.get("ledger") is not None:
-            ledger.load_state_dict(state["ledger"])
+        try:
+            method.prepare_model(state["method"])  # e.g. slim the fresh model like the checkpointed one
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            sched.set(state["loop"]["step"])  # the LR is a function of the step alone
+            method.pop_metrics()  # records of the fresh construction the checkpoint replaces
+            method.load_state_dict(state["method"])
+            if state.get("ledger") is not None:
+                ledger.load_state_dict(state["ledger"])
+        except (RuntimeError, KeyError, TypeError, IndexError) as e:
+            first = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+            raise ValueError(
+                f"{out / CHECKPOINT} does not fit the run its config describes (model '{cfg.model}', "
+                f"method '{cfg.method}'): {type(e).__name__}: {first[:300]}") from None
         loop.update(state["loop"])
         ckpt.set_rng_state(state["rng"])
     else:
@@ -389,8 +475,10 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             loader_gen.manual_seed(cfg.seed)
             batches = ((x.to(ctx.device), y.to(ctx.device)) for x, y in make_loader(calib))
             method.calibrate(batches, loss_fn)
-        if ctx.is_main:
-            (out / CONFIG).write_text(dump(cfg))
+        if ctx.is_main:  # the run is known to start: only now clear (--overwrite) and write
+            prepare_out(out, overwrite)
+            ckpt.write_text(out / CONFIG, f"# config fingerprint {fingerprint(cfg)} (checkpoint.pt and summary.json "
+                                          f"carry the same)\n" + dump(cfg))
 
     def wrap(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
         net: nn.Module = model
@@ -410,7 +498,18 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
     step = loop["step"]
     stopped_early = False
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(eval_loss: Optional[float] = None) -> None:
+        # only finite checkpoints: a diverged one (weights of 1e37 whose forward is NaN)
+        # would be "the last good checkpoint" resume starts from (every rank checks its own)
+        bad = nonfinite_tensors(model)
+        if eval_loss is not None and not math.isfinite(eval_loss):
+            bad.append(f"evaluation loss {eval_loss}")
+        if dist_utils.broadcast_flag(ctx, bool(bad)):
+            last = out / CHECKPOINT
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written"
+            raise NonFiniteLoss(
+                f"the model became non-finite by step {step} (epoch {loop['epoch']}): "
+                f"{', '.join(bad[:5]) or 'on another rank'}; not writing it, {kept} (lower the lr?)")
         if not ctx.is_main:
             return
         loop["wall"] = loop["wall_base"] + time.perf_counter() - t0
@@ -419,7 +518,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             "method": method.state_dict(),
             "ledger": ledger.state_dict(),
             "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
-            "config": cfg.to_dict(), "regrow_version": __version__,
+            "config": cfg.to_dict(), "fingerprint": fingerprint(cfg), "regrow_version": __version__,
         })
 
     loop["wall_base"] = loop["wall"]
@@ -491,8 +590,11 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 if ctx.distributed and (records or log_now):
                     dist_utils.check_masks(ctx, method.checksum(), step)
                 ep = epoch + loop["epoch_step"] / spe
+                # the masks after each structure update, comparable across runs and ranks
+                checksum = method.checksum() if records else None
                 for r in records:
-                    writer.write({"event": "method", "epoch": ep, **r, "step": r.get("step", step)})
+                    writer.write({"event": "method", "epoch": ep, **r, "step": r.get("step", step),
+                                  "mask_checksum": checksum})
                 if log_now:
                     # accuracy of the logged step's (last micro-)batch only: a per-step
                     # accuracy costs more than the whole rest of the loop on small models
@@ -533,7 +635,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             loop.update(epoch=epoch + 1, epoch_step=0, epoch_stats=[0.0, 0.0],
                         metrics_lines=writer.lines, last_train={"train_loss": rec["train_loss"]})
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                save_checkpoint()
+                save_checkpoint(loop["last_eval"].get("test_loss"))
     finally:
         if bar is not None:
             bar.close()
@@ -558,7 +660,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         "train_step_seconds": loop["train_wall"], "train_step_cpu_seconds": loop["train_cpu"],
         "steps_per_second": step / loop["train_wall"] if loop["train_wall"] > 0 else None,
         "mask_checksums": checksums, "regrow_version": __version__, "torch_version": torch.__version__,
-        "data_seed": data_seed(cfg), "method_class": method.name,
+        "data_seed": data_seed(cfg), "method_class": method.name, "config_fingerprint": fingerprint(cfg),
     }
     if ctx.is_main:
         # channel methods: predicted vs measured latency, throughput, MACs, parameters
@@ -568,11 +670,12 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         if figures:
             summary["structured"] = figures
     summary["train_flops_relative"] = float(ledger.relative)
+    summary["train_flops_physical_relative"] = float(ledger.physical_relative)
     summary["train_flops_executed_relative"] = float(ledger.executed_relative)
     summary["inference_flops"] = float(ledger.inference_flops())
     summary["dense_inference_flops"] = float(ledger.dense_inference_flops())
     if ctx.is_main:
-        (out / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        ckpt.write_text(out / SUMMARY, dumps(summary, indent=2) + "\n")
         if report:
             from ..report import render_run
             render_run(out)

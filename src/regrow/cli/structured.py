@@ -50,7 +50,7 @@ def _table_args(p: argparse.ArgumentParser) -> None:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from .latency import LatencyTable, build_table, model_layers
+    from ..structured.latency import LatencyTable, build_table, model_layers
 
     for f in ("batch_size", "points", "repeats"):
         if getattr(args, f) < 1 or (f == "points" and args.points < 2):
@@ -88,12 +88,13 @@ def load_run(run_dir: str) -> Dict[str, Any]:
     """Model (masked or slimmed as trained), groups, channels and example input of a run."""
     from ..train import checkpoint as ckpt
     from ..train import config as C
-    from .groups import find_groups
-    from .slim import slim_
+    from ..structured.groups import find_groups
+    from ..structured.slim import slim_
 
     path = Path(run_dir) / "checkpoint.pt"
     state = ckpt.load(path)
     cfg = C.from_dict(state["config"])
+    C.check_stored_data_root(cfg.data_root, run_dir)  # a downloaded run brings no data of its own
     model, shape = _model_and_shape(cfg.model, cfg.data, cfg.data_root, cfg.image_size, cfg.seed, cfg.synthetic)
     msd = state["method"]
     buffers = msd.get("state", {}).get("buffers", {})
@@ -115,10 +116,13 @@ def load_run(run_dir: str) -> Dict[str, Any]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .latency import measure_model
-    from .slim import export, portable
+    from ..structured.latency import measure_model
+    from ..structured.slim import export, portable
 
-    run = load_run(args.run_dir)
+    from ..train.lock import RunLock
+
+    with RunLock(args.run_dir, "regrow export", read_only_ok=True):  # no trainer rewrites the run meanwhile
+        run = load_run(args.run_dir)
     model, example = run["model"], torch.zeros((1,) + run["shape"])
     if args.slim:
         info = export(model, run["groups"], run["channels"], example, args.out)
@@ -140,12 +144,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _commands():
-    from ..cli import Command
+    from . import Command
 
     return [
         Command("latency-table", "measure a latency lookup table for a model on this device",
                 _table_args, _table),
-        Command("export", "export a trained run's model (--slim: physically slimmed)", _export_args, _export),
+        # `regrow export` itself lives in regrow.cli.deploy (--format slim calls _export)
     ]
 
 

@@ -27,14 +27,14 @@ from torch import nn
 
 from .. import knapsack
 from .. import metrics as mask_metrics
-from ..methods.base import Pristine, SparseMethod, SparsityConfig, resolve_config
 from ..modules import unwrap
 from ..state import SparseState
-from .groups import ChannelGroup, dim_keeps, find_groups, masked_tensors
-from .slim import kept_indices, slim_, slim_copy
-from .latency import (
+from ..structured.groups import ChannelGroup, dim_keeps, find_groups, masked_tensors
+from ..structured.latency import (
     COSTS, CostGraph, CostModel, LatencyTable, build_table, count_macs, measure_model, model_layers,
 )
+from ..structured.slim import kept_indices, slim_, slim_copy
+from .base import Pristine, SparseMethod, SparsityConfig, resolve_config
 
 
 @dataclass

@@ -22,8 +22,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from . import __version__
-from .train import config as C
+from ..version import __version__
+from ..train import config as C
 
 
 class Command(NamedTuple):
@@ -34,7 +34,7 @@ class Command(NamedTuple):
 
 
 # Subcommands defined elsewhere: "module:ATTR" with ATTR a sequence of Command.
-EXTERNAL: Sequence[str] = ("regrow.structured.commands:COMMANDS",)
+EXTERNAL: Sequence[str] = ("regrow.cli.structured:COMMANDS", "regrow.cli.deploy:COMMANDS")
 
 # Method options that get their own flag (they are common to the dynamic methods).
 COMMON_METHOD_FLAGS = {
@@ -76,9 +76,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> Non
     S = argparse.SUPPRESS
     p.add_argument("--config", metavar="FILE.yaml", default=S,
                    help="YAML recipe (keys are the long option names with '_'); flags override it")
-    from .methods import METHODS
-    from .train.data import DATASETS
-    from .train.models import MODELS
+    from ..methods import METHODS
+    from ..train.data import DATASETS
+    from ..train.models import MODELS
 
     names = {"method": METHODS.names(), "model": MODELS.names() + ["tv:<torchvision name>"],
              "data": DATASETS.names()}
@@ -163,7 +163,7 @@ def _check_stop(n: Optional[int]) -> None:
 
 # ---- train ---------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from .train.loop import train
+    from ..train.loop import train
 
     _check_stop(args.stop_after_steps)
     cfg = run_config(args)
@@ -173,7 +173,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_result(cfg: C.RunConfig, summary: Dict[str, Any]) -> None:
-    from .report import run_table
+    from ..report import run_table
 
     if "test_top1" in summary and _is_main():
         print(run_table([summary]))
@@ -187,28 +187,53 @@ def _is_main() -> bool:
 
 # ---- resume --------------------------------------------------------------------
 def _resume_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="run directory holding checkpoint.pt")
+    p.add_argument("run_dir", help="run directory holding checkpoint.pt (or, for a run that stopped before "
+                                   "its first checkpoint, config.yaml: it restarts from there)")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=None, help="no progress bar")
     p.add_argument("--device", default=None, help="override the device (auto | cpu | cuda | cuda:N)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="dataset directory to use instead of the one stored in the run (a stored root "
+                        "inside the run directory is refused)")
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                    help="testing: write a checkpoint after N optimizer steps in total and stop")
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from .train import checkpoint as ckpt
-    from .train.loop import CHECKPOINT, train
+    from ..train import checkpoint as ckpt
+    from ..train.loop import CHECKPOINT, CONFIG, SUMMARY, train
 
     _check_stop(args.stop_after_steps)
     run_dir = Path(args.run_dir)
-    state = ckpt.load(run_dir / CHECKPOINT)
     extra: Dict[str, Any] = {"out": str(run_dir)}
     if args.quiet is not None:
         extra["quiet"] = args.quiet
     if args.device is not None:
         extra["device"] = args.device
-    cfg = C.build(state["config"], extra)
-    del state
-    summary = train(cfg, resume=True, stop_after_steps=args.stop_after_steps)
+    if args.data_root is not None:
+        extra["data_root"] = args.data_root
+    restart = (not (run_dir / CHECKPOINT).exists() and (run_dir / CONFIG).is_file()
+               and not (run_dir / SUMMARY).exists())
+    if restart:  # stopped before its first checkpoint: nothing to continue, start it again
+        stored = C.load_yaml(str(run_dir / CONFIG))
+    elif run_dir.is_dir() and not (run_dir / CHECKPOINT).exists() and not (run_dir / SUMMARY).exists():
+        raise FileNotFoundError(
+            f"checkpoint {run_dir / CHECKPOINT} does not exist and {run_dir} has no {CONFIG} either: its run "
+            "stopped before writing anything; start it again with the same 'regrow train ... --out "
+            f"{run_dir}' command")
+    else:
+        state = ckpt.load(run_dir / CHECKPOINT)
+        stored = state["config"]
+        del state
+    if args.data_root is None:  # someone else's run may name a data root of its own
+        C.check_stored_data_root(stored.get("data_root"), run_dir)
+    cfg = C.build(stored, extra)
+    if restart:
+        if _is_main():
+            print(f"{run_dir} has no checkpoint yet (its run stopped in the first epoch): "
+                  f"starting it again from {run_dir / CONFIG}", flush=True)
+        summary = train(cfg, overwrite=True, stop_after_steps=args.stop_after_steps)
+    else:
+        summary = train(cfg, resume=True, stop_after_steps=args.stop_after_steps)
     _print_result(cfg, summary)
     return 0
 
@@ -221,7 +246,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=False, default=None,
                    help="compare directory; each cell runs in OUT/<method>-d<density>-s<seed>/ (default: runs/compare)")
     p.add_argument("--skip-done", action="store_true",
-                   help="keep cells that already hold a summary.json instead of re-running them")
+                   help="kept for old scripts: finished cells whose config matches are always kept")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train every cell from scratch, also cells that are finished or were run "
+                        "with other settings (without it such cells are refused with a list)")
     add_run_arguments(p, single=False)
 
 
@@ -285,8 +313,9 @@ def _cells(methods, densities, seeds):
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .report import render_compare
-    from .train.loop import train
+    from ..report import render_compare
+    from ..train import checkpoint as ckpt
+    from ..train.loop import train
 
     _check_stop(args.stop_after_steps)
     file_values, methods, densities, seeds, per_method = compare_grid(args)
@@ -302,27 +331,89 @@ def _compare(args: argparse.Namespace) -> int:
         cfg = C.build(file_values, flags, {"method": method, "density": density, "seed": seed,
                                            "out": str(cell_out), "method_options": options[method]})
         C.validate(cfg)  # every cell is checked before the first one trains
-        from .train.loop import check_method_config
+        from ..train.loop import check_method_config
         check_method_config(cfg)
         cells.append(cfg)
+    plan = plan_cells(cells, args.overwrite)
+    bad = [(cfg, why) for cfg, (action, why) in zip(cells, plan) if action == "refuse"]
+    if bad:
+        listed = "\n".join(f"  {cfg.out}: {why}" for cfg, why in bad)
+        raise ValueError(f"{len(bad)} cell(s) of {out} hold runs of other settings than asked:\n{listed}\n"
+                         "rerun them with --overwrite (or choose another --out)")
+    # the late checks (data, model, method built) of every cell to be trained, before any
+    # trains: a typo in the last cell must not cost the first one's results
+    checked = set()
+    for cfg, (action, _) in zip(cells, plan):
+        key = C.fingerprint(dataclasses.replace(cfg, seed=0))
+        if action in ("train", "overwrite") and key not in checked:
+            train(cfg, check_only=True)
+            checked.add(key)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(
+    ckpt.write_text(out / "compare.json", json.dumps(
         {"methods": methods, "densities": densities, "seeds": seeds}, indent=2) + "\n")
     t0 = time.perf_counter()
-    for i, cfg in enumerate(cells, 1):
-        done = (Path(cfg.out) / "summary.json").is_file()
-        if args.skip_done and done:
+    for i, (cfg, (action, _)) in enumerate(zip(cells, plan), 1):
+        if action == "keep":
             print(f"[{i}/{len(cells)}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: kept", flush=True)
             continue
-        s = train(cfg, overwrite=True, stop_after_steps=args.stop_after_steps)
+        s = train(cfg, resume=action == "resume", overwrite=action in ("overwrite", "restart"),
+                  stop_after_steps=args.stop_after_steps)
         if _is_main() and "test_top1" in s:
             print(f"[{i}/{len(cells)}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: "
                   f"top-1 {100 * s['test_top1']:.2f}%  ({s['wall_seconds']:.1f} s)", flush=True)
-    if _is_main():
-        table = render_compare(out, order=methods)
+    runs = [Path(c.out) for c in cells]
+    if _is_main() and not any((r / "summary.json").is_file() for r in runs):
+        print(f"no cell finished yet; continue with the same 'regrow compare' command ({out})")
+    elif _is_main():
+        table = render_compare(out, order=methods, runs=runs)
         print(table)
         print(f"compare directory: {out} ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def plan_cells(cells: List[C.RunConfig], overwrite: bool) -> List[tuple]:
+    """What ``compare`` does with each cell: ``(action, why)``, action one of train (empty),
+    keep (finished with the asked config), resume (checkpoint of the asked config),
+    restart (stopped before its first checkpoint), overwrite (--overwrite), refuse
+    (holds a run of other settings; ``why`` names the differing fields)."""
+    from ..train import checkpoint as ckpt
+    from ..train.loop import CHECKPOINT, CONFIG, METRICS, SUMMARY
+
+    plan = []
+    for cfg in cells:
+        d = Path(cfg.out)
+        present = [n for n in (CHECKPOINT, SUMMARY, METRICS, CONFIG) if (d / n).exists()]
+        if not present:
+            plan.append(("train", ""))
+            continue
+        if overwrite:
+            plan.append(("overwrite", ""))
+            continue
+        try:
+            if (d / CONFIG).is_file():
+                stored = C.load_yaml(str(d / CONFIG))
+            elif (d / CHECKPOINT).is_file():
+                stored = ckpt.load(d / CHECKPOINT)["config"]
+            else:
+                stored = None
+            diff = C.differences(stored, cfg) if stored is not None else {"config.yaml": ("missing", "")}
+            if not diff and (d / SUMMARY).is_file():
+                fp = json.loads((d / SUMMARY).read_text()).get("config_fingerprint")
+                if fp is not None and fp != C.fingerprint(cfg):
+                    diff = {"summary.json": ("another run's", "")}
+        except (ValueError, FileNotFoundError) as e:
+            plan.append(("refuse", f"unreadable ({e})"))
+            continue
+        if diff:
+            why = "; ".join(f"{k} {a!r} (asked {b!r})" if b != "" else f"{k} {a}" for k, (a, b) in diff.items())
+            plan.append(("refuse", why))
+        elif (d / SUMMARY).is_file():
+            plan.append(("keep", ""))
+        elif (d / CHECKPOINT).is_file():
+            plan.append(("resume", ""))
+        else:
+            plan.append(("restart", ""))
+    return plan
 
 
 # ---- report --------------------------------------------------------------------
@@ -331,7 +422,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import render
+    from ..report import render
 
     print(render(args.path))
     return 0
@@ -369,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train.distributed import RankMismatch
+    from ..train.distributed import RankMismatch
 
     try:
         return int(args._run(args) or 0)

@@ -1,0 +1,119 @@
+"""SparseLinear (regrow.deploy.kernels): every kind and kernel computes x Wᵀ + b."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regrow.deploy.kernels import ALLOWED, SparseLinear, check_nm, fanin_k
+
+
+def _fanin_weight(out=12, inn=20, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.rand(out, inn, generator=g).argsort(1)[:, :k]
+    mask = torch.zeros(out, inn, dtype=torch.bool).scatter_(1, idx, True)
+    return torch.randn(out, inn, generator=g) * mask, mask
+
+
+def _nm_weight(out=8, inn=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(out, inn // 4, 4, generator=g).argsort(2)[..., :2]
+    mask = torch.zeros(out, inn // 4, 4, dtype=torch.bool).scatter_(2, keep, True).reshape(out, inn)
+    return torch.randn(out, inn, generator=g) * mask, mask
+
+
+@pytest.mark.parametrize("kind,kernels", [
+    ("csr", ["mv", "spmm", "ebag", "dense"]), ("fanin", ["mv", "spmm", "ebag", "dense"]),
+    ("bsr", ["spmm", "dense"]),
+])
+@pytest.mark.parametrize("rows", [1, 7])
+def test_every_kernel_matches_dense(kind, kernels, rows):
+    w, _ = _fanin_weight(out=12, inn=20, k=5)
+    if kind == "bsr":
+        w = torch.randn(12, 20) * (torch.rand(3, 5) < 0.4).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    b = torch.randn(12)
+    mod = SparseLinear.from_dense(w, b, kind, [(1, kernels[0])], block=4)
+    x = torch.randn(rows, 20)
+    for kn in kernels:
+        torch.testing.assert_close(mod.matmul(x, kn), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mod.dense_weight(), w)
+
+
+def test_ebag_output_feeds_the_next_layer_without_copies_and_3d_input():
+    w, _ = _fanin_weight(out=12, inn=20, k=5)
+    mod = SparseLinear.from_dense(w, None, "csr", [(1, "ebag")])
+    x = torch.randn(2, 3, 20)
+    torch.testing.assert_close(mod(x), x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_layout_is_a_strided_pointwise_conv():
+    w = torch.randn(6, 4) * (torch.rand(6, 4) < 0.5)
+    conv = torch.nn.Conv2d(4, 6, 1, stride=2)
+    with torch.no_grad():
+        conv.weight.copy_(w.view(6, 4, 1, 1))
+    mod = SparseLinear.from_dense(w, conv.bias, "csr", [(1, "spmm")], layout="conv", stride=(2, 2))
+    x = torch.randn(2, 4, 7, 5)
+    torch.testing.assert_close(mod(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_keeps_active_zero_weights_and_rejects_values_outside():
+    w, mask = _fanin_weight(k=5)
+    w[0, mask[0].nonzero()[0, 0]] = 0.0   # an active weight that is exactly 0 (just grown)
+    mod = SparseLinear.from_dense(w, None, "fanin", [(1, "mv")], mask=mask)
+    assert mod.col.shape == (12, 5)
+    with pytest.raises(ValueError, match="non-zero outside its mask"):
+        SparseLinear.from_dense(w + 1.0, None, "csr", [(1, "mv")], mask=mask)
+
+
+def test_spec_round_trip_through_state_dict():
+    w, mask = _fanin_weight()
+    for kind in ("csr", "fanin"):
+        mod = SparseLinear.from_dense(w, torch.randn(12), kind, [(1, "mv"), (64, "ebag")], mask=mask)
+        twin = SparseLinear.from_spec(mod.spec())
+        twin.load_state_dict(mod.state_dict())
+        x = torch.randn(3, 20)
+        assert torch.equal(twin(x), mod(x)) and twin.kernels == mod.kernels
+
+
+def test_nearest_measured_row_count_picks_the_kernel():
+    w, _ = _fanin_weight()
+    mod = SparseLinear.from_dense(w, None, "csr", [(1, "mv"), (128, "ebag")])
+    calls = []
+    orig = F.embedding_bag
+    try:
+        F.embedding_bag = lambda *a, **k: calls.append(1) or orig(*a, **k)
+        mod(torch.randn(2, 20))      # nearer 1 (log scale): mv asked of 2 rows -> spmm
+        assert not calls
+        mod(torch.randn(40, 20))     # nearer 128: ebag
+        assert calls
+    finally:
+        F.embedding_bag = orig
+
+
+def test_clear_errors():
+    w, mask = _fanin_weight()
+    mask[3, :] = False
+    mask[3, :2] = True
+    with pytest.raises(ValueError, match="between 2 and 5 inputs per output neuron, not a constant k"):
+        fanin_k(mask, "fc")
+    with pytest.raises(ValueError, match="more than n=2"):
+        check_nm(torch.ones(4, 8, dtype=torch.bool), 2, 4, "fc")
+    with pytest.raises(ValueError, match="not a multiple of m=4"):
+        check_nm(torch.ones(4, 6, dtype=torch.bool), 2, 4, "fc")
+    with pytest.raises(ValueError, match="names in"):
+        SparseLinear.from_dense(w, None, "csr", [(1, "mm")])
+    assert "dense" in ALLOWED["csr"]
+
+
+def test_nm_layout_stores_n_of_m_and_needs_cuda_to_run():
+    w, mask = _nm_weight()
+    mod = SparseLinear.from_dense(w, None, "nm", [(1, "mm")], mask=mask)
+    assert mod.values.shape == (8, 4, 2) and mod.col.dtype == torch.uint8
+    torch.testing.assert_close(mod.dense_weight(), w)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            mod(torch.randn(2, 16))
+    else:
+        mod = mod.cuda().half()
+        x = torch.randn(3, 16, device="cuda", dtype=torch.half)
+        torch.testing.assert_close(mod(x), F.linear(x, w.cuda().half()), rtol=1e-2, atol=1e-2)
