@@ -58,7 +58,14 @@ def check_readme(namespace: dict) -> None:
     assert sparsity.pop_metrics(), "the README's IEE run made no structure change"
 
 
-AFTER = {"README.md": check_readme}
+def check_frameworks(namespace: dict) -> None:
+    """Both integrations built their method and trained to the density asked for."""
+    assert namespace["callback"].sparsity.density() == pytest.approx(0.1, abs=0.01)
+    hf = namespace["hf_callback"].sparsity
+    assert hf.state.step == 40 and hf.density() == pytest.approx(0.1, abs=0.01)
+
+
+AFTER = {"README.md": check_readme, "docs/guide/frameworks.md": check_frameworks}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)
