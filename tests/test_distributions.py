@@ -81,6 +81,6 @@ def test_distribution_errors():
     for bad in (0, 0.0, -0.5, 1.01, True, "0.5", None):
         with pytest.raises(ValueError, match=r"density must be a number in \(0, 1\]"):
             check_density(bad)
-    with pytest.raises(ValueError, match="unknown distribution 'normal'; allowed: uniform, erk, global"):
+    with pytest.raises(ValueError, match="unknown distribution 'normal'; allowed: erk, global, uniform"):
         layer_counts("normal", SHAPES, 0.5)
     assert layer_counts("uniform", SHAPES, 1.0) == {"conv.weight": 72, "fc1.weight": 512, "fc2.weight": 16}

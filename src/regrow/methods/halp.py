@@ -37,7 +37,6 @@ class HALPConfig(ChannelConfig):
 
 @METHODS.register("halp")
 class HALP(ChannelMethod):
-    name = "halp"
     Config = HALPConfig
 
     def validate_config(self) -> None:

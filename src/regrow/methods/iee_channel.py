@@ -48,7 +48,6 @@ class ChannelIEEConfig(ChannelConfig, IEEConfig):
 
 @METHODS.register("iee_channel")
 class ChannelIEE(ChannelMethod, IEE):
-    name = "iee_channel"
     Config = ChannelIEEConfig
     structures = ("channel",)
 

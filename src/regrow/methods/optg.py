@@ -109,7 +109,6 @@ def topk_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -
 
 @METHODS.register("optg")
 class OptG(SparseMethod):
-    name = "optg"
     Config = OptGConfig
     structures = ("unstructured",)
     keeps_dormant = True

@@ -14,7 +14,6 @@ from .base import METHODS, DropGrowMethod
 
 @METHODS.register("set")
 class SET(DropGrowMethod):
-    name = "set"
 
     def grow_scores(self, step: int) -> Dict[str, torch.Tensor]:
         rnd = CRITERIA.get("random")

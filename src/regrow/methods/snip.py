@@ -22,7 +22,6 @@ class SNIPConfig(SparsityConfig):
 
 @METHODS.register("snip")
 class SNIP(SparseMethod):
-    name = "snip"
     Config = SNIPConfig
     needs_data = True
 
