@@ -239,3 +239,18 @@ def test_nm_methods_hold_two_of_four(tiny_net):
         m.step()
         for mask in m.state.masks.values():
             assert torch.all(mask.movedim(1, -1).reshape(-1, 4).sum(1) == 2)
+
+
+def test_methods_declare_what_they_take_from_the_run():
+    from regrow.methods.base import RunFacts
+
+    facts = RunFacts(total_steps=100, epoch_steps=10, input_shape=(3, 8, 8))
+    assert regrow.METHODS.get("rigl").run_options(facts) == {"total_steps": 100}
+    assert regrow.METHODS.get("optg").run_options(facts) == {"total_steps": 100, "epoch_steps": 10}
+    assert regrow.METHODS.get("halp").run_options(facts) == {"total_steps": 100, "input_shape": (3, 8, 8)}
+    assert regrow.METHODS.get("static").run_options(RunFacts()) == {}
+
+
+def test_the_registry_names_each_method_once():
+    for name in regrow.METHODS.names():
+        assert regrow.METHODS.get(name).name == name

@@ -44,6 +44,17 @@ METHODS: "Registry[type]" = Registry("method", stamp_name=True)  # sets each cla
 GROW_INITS = ("zero", "dormant", "keep")
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What a training run knows that a method may take options from (see
+    :meth:`SparseMethod.run_options`): optimizer steps in the run and per epoch, and one
+    sample's input shape."""
+
+    total_steps: Optional[int] = None
+    epoch_steps: Optional[int] = None
+    input_shape: Optional[Tuple[int, ...]] = None
+
+
 @dataclass
 class SparsityConfig:
     """Fields every method shares.
@@ -221,6 +232,14 @@ class SparseMethod(metaclass=_MethodMeta):
         self.apply_masks()
         if self.dynamic:
             mask_metrics.start_tracking(self.state)
+
+    @classmethod
+    def run_options(cls, run: RunFacts) -> Dict[str, Any]:
+        """The options this method takes from the run it trains in; a harness (our train
+        loop, the Lightning and HF integrations) fills those the user did not give.
+        Default: ``total_steps``. Methods that need more declare it here (OptG: the epoch
+        length; channel methods: the input shape to trace)."""
+        return {} if run.total_steps is None else {"total_steps": int(run.total_steps)}
 
     def _init_step_contract(self) -> None:
         self._hook_handles: List[Any] = []
