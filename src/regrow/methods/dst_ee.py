@@ -25,6 +25,8 @@ Eq. in §"Weights Coverage Exploration", tracked by ``regrow.metrics``) and the 
 of grown weights into ``n_grown_exploit`` (also in the top-k by |∂L/∂W| alone) and
 ``n_grown_explore`` (grown only because of the bonus term).
 
+Departure: as RigL here, the optimizer step of an update iteration is taken as well.
+
 Distributed: the gradient in S is the parameter's ``.grad`` at the update step,
 which DistributedDataParallel has already all-reduced before the optimizer step, and
 N changes only with the masks, so every rank computes the same scores and masks.
