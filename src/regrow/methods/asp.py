@@ -30,7 +30,6 @@ class ASP(SparseMethod):
     """One-shot N:M (2:4) magnitude masks on a pretrained model, then fine-tuning with
     the masks fixed (Mishra et al. 2021); build it after loading the pretrained weights."""
 
-    name = "asp"
     Config = ASPConfig
     structures = ("nm",)
 

@@ -29,7 +29,6 @@ class GMP(SparseMethod):
     """Gradual magnitude pruning (Zhu & Gupta 2017): start dense, prune the smallest |w|
     to the cubic schedule s_t = s_f + (s_i − s_f)(1 − (t − t_0)/(T_end − t_0))³; no regrowth."""
 
-    name = "gmp"
     Config = GMPConfig
     structures = ("unstructured",)
     needs_total_steps = True

@@ -40,7 +40,6 @@ class HALP(ChannelMethod):
     """Latency-constrained channel pruning (Shen et al. 2022): Taylor importance on
     BatchNorm, a knapsack under an exponentially shrinking latency budget, fine-tuning."""
 
-    name = "halp"
     Config = HALPConfig
 
     def validate_config(self) -> None:

@@ -51,7 +51,6 @@ class ChannelIEE(ChannelMethod, IEE):
     """IEE over channel groups under a latency budget Ψ (Sun et al. 2025, appendix §4):
     Prune = Knapsack(I(Θ_K), R, Ψ − Ω_t), Grow = Knapsack(I(Θ_P), R, Ω_t)."""
 
-    name = "iee_channel"
     Config = ChannelIEEConfig
     structures = ("channel",)
 
