@@ -84,3 +84,21 @@ def test_every_registered_method_has_a_page():
 
 def test_version_is_on_the_reference_index():
     assert "regrow.__version__" in (DOCS / "reference" / "index.md").read_text()
+
+
+def test_every_config_option_is_documented():
+    """Each method page names every field of its Config (the shared ones: the methods
+    index), so an option added in code without a line in the docs fails here."""
+    from regrow.methods.base import SparsityConfig
+
+    shared = {f.name for f in dataclasses.fields(SparsityConfig)}
+    index = (DOCS / "methods" / "index.md").read_text()
+    assert not [f for f in shared if f"`{f}`" not in index]
+    missing = {}
+    for name in regrow.METHODS.names():
+        page = (DOCS / "methods" / f"{name}.md").read_text()
+        own = [f.name for f in dataclasses.fields(regrow.METHODS.get(name).Config) if f.name not in shared]
+        gaps = [f for f in own if f"`{f}`" not in page]
+        if gaps:
+            missing[name] = gaps
+    assert not missing, f"Config fields not named on their method page: {missing}"
