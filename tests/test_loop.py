@@ -217,7 +217,7 @@ def test_channel_methods_get_the_sample_shape_from_the_data(tmp_path):
     """iee_channel traces the model on one sample: the loop passes the dataset's shape."""
     s = train(tiny(tmp_path, method="iee_channel", structure="channel", model="resnet20", model_options={},
                    synthetic={"shape": [3, 8, 8], "num_classes": 4, "train_size": 96, "test_size": 32},
-                   method_options={"cost": "flops", "H": 2, "J": 1, "Q": 1}, epochs=2))
+                   method_options={"cost": "flops", "H": 2, "J": 1, "Q": 1, "end_fraction": 0.75}, epochs=2))
     assert s["steps"] == 12 and s["final_density"] < 1.0
     saved = ckpt.load(tmp_path / "run" / "checkpoint.pt")["method"]["config"]
     assert tuple(saved["input_shape"]) == (3, 8, 8)
