@@ -92,3 +92,11 @@ def test_render_errors_name_the_path(tmp_path):
     (bad / "summary.json").write_text("{")
     with pytest.raises(ValueError, match="summary.json is not valid JSON"):
         report.render(bad)
+
+
+def test_tables_have_as_many_separator_cells_as_header_cells():
+    s = {"method": "iee", "target_density": 0.1, "final_density": 0.1, "test_top1": 0.9, "steps": 10,
+         "train_flops_relative": 0.13, "train_flops_physical_relative": 0.28, "wall_seconds": 1.0}
+    for table in (report.run_table([s]), report.compare_table(report.aggregate([s]))):
+        header, sep, row = table.splitlines()[:3]
+        assert header.count("|") == sep.count("|") == row.count("|")

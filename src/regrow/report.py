@@ -130,7 +130,7 @@ FLOPS_HEADER = "train FLOPs (× dense): paper | physical"
 
 def run_table(summaries: List[Dict[str, Any]]) -> str:
     lines = [f"| method | target | final density | test top-1 (%) | {FLOPS_HEADER} | steps | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         lines.append(
             f"| {s.get('method')} | {_target(s)} | {s.get('final_density', 0):.4f} | "
@@ -181,7 +181,7 @@ def aggregate(summaries: List[Dict[str, Any]], order: List[str] = ()) -> List[Di
 
 def compare_table(rows: List[Dict[str, Any]]) -> str:
     lines = [f"| method | density | seeds | test top-1 (%) mean ± std | final density | {FLOPS_HEADER} | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['density']:g} | {r['seeds']} | {100 * r['test_top1_mean']:.2f} ± "
