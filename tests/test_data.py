@@ -16,7 +16,7 @@ from regrow.train.data import DATASETS, DatasetBundle, load_dataset, read_idx
 
 def test_registry_names():
     assert set(DATASETS.names()) == {"mnist1d", "digits", "fashion-mnist", "mnist", "cifar10", "cifar100",
-                                     "imagefolder", "synthetic"}
+                                     "imagefolder", "synthetic", "fortunes", "text"}
 
 
 def test_unknown_dataset_lists_allowed_names():

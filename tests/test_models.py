@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from regrow.methods import sparse_parameters
-from regrow.train.models import MODELS, build_model, count_parameters
+from regrow.train.models import LM_MODELS, MODELS, build_model, count_parameters
 
 IMAGE_MODELS = ["mlp", "lenet5", "wrn22_2", "wrn28_k", "resnet20", "resnet32", "resnet56", "resnet18",
                 "vgg16", "vgg19", "mobilenet_v1"]
@@ -14,7 +14,7 @@ SMALL_KW = {"wrn28_k": {"k": 1}}
 
 
 def test_registry_names():
-    assert set(MODELS.names()) == set(IMAGE_MODELS) | {"cnn1d"}
+    assert set(MODELS.names()) == set(IMAGE_MODELS) | {"cnn1d"} | set(LM_MODELS)
 
 
 def test_unknown_name_lists_allowed_names():
@@ -129,9 +129,10 @@ def test_build_is_deterministic_under_seed():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("shape", [6, (3,), (1, 2, 3, 4), (3, 0, 32), (3, 32.0, 32)])
+@pytest.mark.parametrize("shape", [6, (), (1, 2, 3, 4), (3, 0, 32), (3, 32.0, 32)])
 def test_bad_input_shape(shape):
-    with pytest.raises(ValueError, match="input_shape must be \\(C, L\\) or \\(C, H, W\\) of positive ints"):
+    with pytest.raises(ValueError, match="input_shape must be \\(L,\\) tokens, \\(C, L\\) or \\(C, H, W\\) "
+                                         "of positive ints"):
         build_model("mlp", shape, 10)
 
 
