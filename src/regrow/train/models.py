@@ -502,7 +502,8 @@ def _gpt(name: str, input_shape, num_classes: int, n_layer: int, n_embd: int, n_
     try:
         from transformers import GPT2Config
     except ImportError:
-        raise ImportError(f"model '{name}' needs Hugging Face transformers: pip install 'regrow[transformers]'") from None
+        raise ImportError(f"model '{name}' needs Hugging Face transformers: "
+                          "pip install 'regrow[transformers]'") from None
     (block,) = input_shape
     config = GPT2Config(vocab_size=num_classes, n_positions=block, n_embd=n_embd, n_layer=n_layer,
                         n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
