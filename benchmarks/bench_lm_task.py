@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+ORDER = ("dense", "rigl", "iee", "iee 2:4")
 GRIDS = {"unstructured": ROOT / "configs" / "gpt-tiny-fortunes.yaml",
          "2of4": ROOT / "configs" / "gpt-tiny-fortunes-2of4.yaml"}
 
@@ -55,16 +56,22 @@ def main() -> int:
             runs.sort(key=lambda s: s["seed"])
             ppl = [s["val_perplexity"] for s in runs]
             rows.append((label, density, runs, ppl))
+    rows.sort(key=lambda r: (ORDER.index(r[0]) if r[0] in ORDER else len(ORDER), r[0], -r[1]))
     print(f"\ngpt_tiny on fortunes, {rows[0][2][0]['steps'] if rows else '?'} steps of 16 x 128 tokens; "
           f"validation perplexity (byte level)\n")
-    print("| method | density | seeds | per seed | mean ± std | next-byte top-1 (%) | train step s (mean) |")
-    print("|---|---:|---:|---|---:|---:|---:|")
+    print("| method | density | seeds | per seed | mean ± std | next-byte top-1 (%) | train FLOPs (× dense) "
+          "paper / physical | training s per run: CPU / wall |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
     for label, density, runs, ppl in rows:
         std = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
         top1 = statistics.mean(s["test_top1"] for s in runs) * 100
-        step_s = statistics.mean(s["train_step_seconds"] for s in runs)
+        wall = statistics.mean(s["train_step_seconds"] for s in runs)
+        cpu = statistics.mean(s["train_step_cpu_seconds"] for s in runs)
+        flops = statistics.mean(s["train_flops_relative"] for s in runs)
+        physical = statistics.mean(s["train_flops_physical_relative"] for s in runs)
         print(f"| {label} | {density:g} | {len(runs)} | {', '.join(f'{p:.3f}' for p in ppl)} | "
-              f"{statistics.mean(ppl):.3f} ± {std:.3f} | {top1:.2f} | {step_s:.1f} |")
+              f"{statistics.mean(ppl):.3f} ± {std:.3f} | {top1:.2f} | {flops:.3f} / {physical:.3f} | "
+              f"{cpu:.0f} / {wall:.0f} |")
     print(f"\nwall time of this invocation: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 
