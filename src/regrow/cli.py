@@ -342,7 +342,8 @@ def _without_plan(argv: Sequence[str]) -> List[str]:
         flag = tok.split("=", 1)[0]
         if len(flag) >= 4 and "--plan".startswith(flag):
             # "--plan FILE": the next token is the file unless it is an option
-            skip = "=" not in tok and i + 1 < len(argv) and (argv[i + 1] == "-" or not argv[i + 1].startswith("-"))
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            skip = "=" not in tok and nxt is not None and (nxt == "-" or not nxt.startswith("-"))
             continue
         out.append(tok)
     return out
@@ -382,6 +383,13 @@ def _compare(args: argparse.Namespace) -> int:
     _check_stop(args.stop_after_steps)
     if args.plan is not None and args.cell is not None:
         raise ValueError("--plan writes every cell's command and --cell runs one: give one of them")
+    argv = getattr(args, "_argv", sys.argv[1:])
+    if args.plan is not None:  # the cell commands must mean this command: parse one back
+        again = vars(build_parser().parse_args(_without_plan(argv) + ["--cell", "0"]))
+        ignore = ("plan", "cell", "_argv", "_run")
+        if {k: v for k, v in again.items() if k not in ignore} != {k: v for k, v in vars(args).items()
+                                                                    if k not in ignore}:
+            raise ValueError(f"could not take --plan out of the command line {argv}; give it as --plan=FILE")
     file_values, methods, densities, seeds, per_method = compare_grid(args)
     out = Path(args.out or "runs/compare")
     flags = flag_layer(args)
@@ -424,12 +432,6 @@ def _compare(args: argparse.Namespace) -> int:
         {"methods": methods, "densities": densities, "seeds": seeds,
          "cells": [cell_name(m, d, s) for m, d, s in _cells(methods, densities, seeds)]}, indent=2) + "\n")
     if args.plan is not None:
-        argv = getattr(args, "_argv", sys.argv[1:])
-        again = vars(build_parser().parse_args(_without_plan(argv) + ["--cell", "0"]))
-        ignore = ("plan", "cell", "_argv", "_run")
-        if {k: v for k, v in again.items() if k not in ignore} != {k: v for k, v in vars(args).items()
-                                                                    if k not in ignore}:
-            raise ValueError(f"could not take --plan out of the command line {argv}; give it as --plan=FILE")
         lines = plan_lines(argv, total)
         text = "".join(line + "\n" for line in lines)
         if args.plan == "-":
@@ -454,7 +456,8 @@ def _compare(args: argparse.Namespace) -> int:
                   + f"  ({s['wall_seconds']:.1f} s)", flush=True)
     if args.cell is not None:
         if _is_main():
-            print(f"cell {args.cell} of {out}: {cells[0].out}; 'regrow report {out}' aggregates the finished cells")
+            print(f"cell {args.cell} of {out}: {cells[0].out}; 'regrow report {out}' aggregates the "
+                  "finished cells")
         return 0
     runs = [Path(c.out) for c in cells]
     if _is_main() and not any((r / "summary.json").is_file() for r in runs):
@@ -523,8 +526,8 @@ def _report(args: argparse.Namespace) -> int:
     grid = Path(args.path) / "compare.json"
     if grid.is_file() and not (Path(args.path) / "summary.json").is_file():
         try:
-            names = json.loads(grid.read_text()).get("cells") or []
-        except (ValueError, AttributeError):
+            names = [n for n in json.loads(grid.read_text()).get("cells") or [] if isinstance(n, str)]
+        except (ValueError, AttributeError, TypeError):
             names = []
         missing = [n for n in names if not (Path(args.path) / n / "summary.json").is_file()]
         if missing:  # on stderr: stdout stays the table
