@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(VENV)/bin/regrow compare --config configs/quick-mnist1d.yaml --out $(RUN_OUT) --overwrite
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 clean:

@@ -46,6 +46,7 @@ def test_help_of_every_subcommand(command, flags, capsys):
         assert f in text, f
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "regrow", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
@@ -186,6 +187,7 @@ def test_channel_flags_map_onto_the_method_options():
     assert "method_options" not in cli.flag_layer(cli.build_parser().parse_args(["train"]))
 
 
+@pytest.mark.slow
 def test_channel_iee_slims_in_training_and_resumes_bit_identically(tmp_path, capsys):
     """iee + --structure channel runs channel IEE; 3 IEE steps of ΔT = 4 end at step 12, the
     model is slimmed right after the last grow; a run stopped after the slimming resumes."""
@@ -343,6 +345,7 @@ BAD = [
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(picks=st.lists(st.integers(0, len(BAD) - 1), min_size=1, max_size=3, unique=True),
        overwrite=st.booleans(), command=st.sampled_from(["train", "compare"]))
+@pytest.mark.slow
 @example(picks=[0], overwrite=True, command="train")  # issue 11: the finished run was deleted first
 @example(picks=[1], overwrite=True, command="train")
 @example(picks=[2], overwrite=True, command="compare")

@@ -74,7 +74,7 @@ def test_parse_opt_types_values():
     ({"lr": 0.0}, "lr must be > 0"),
     ({"optimizer": "adam"}, "optimizer must be one of sgd, adamw; got 'adam'"),
     ({"schedule": "poly"}, "schedule must be one of constant, cosine, step, warmup-cosine"),
-    ({"distribution": "normal"}, "distribution must be one of uniform, erk, global"),
+    ({"distribution": "normal"}, "distribution must be one of erk, global, uniform"),
     ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
     ({"warmup_epochs": 10, "epochs": 10}, "warmup_epochs .* must be less than epochs"),
     ({"schedule": "warmup-cosine"}, "warmup-cosine needs warmup_epochs > 0"),

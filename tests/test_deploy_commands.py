@@ -1,4 +1,4 @@
-"""`regrow export --format ...` and `regrow bench` on a trained run (regrow.deploy.commands)."""
+"""`regrow export --format ...` and `regrow bench` on a trained run (regrow.cli.deploy)."""
 from __future__ import annotations
 
 import json

@@ -94,6 +94,7 @@ def torchrun_train(out, *args: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path / "ddp"
     summary = torchrun_train(
@@ -113,6 +114,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert summary["test_top1"] * 30 == pytest.approx(round(summary["test_top1"] * 30))
 
 
+@pytest.mark.slow
 def test_torchrun_slims_in_training_and_rewraps_ddp(tmp_path):
     """Channel IEE with --slim-after-updates under 2 ranks: both slim at the same step, DDP
     is rebuilt around the smaller model and training goes on in sync."""
@@ -159,6 +161,7 @@ def _timeout_worker(rank: int, port: int, result_dir: str) -> None:
     os._exit(0)  # a timed-out gloo group may abort in its destructor
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_dist_timeout_bounds_the_wait_for_a_stopped_rank(tmp_path):
     """--dist-timeout reaches the process group: a rank that never joins fails the others'

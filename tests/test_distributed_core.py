@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 # every method whose mask decisions depend on gradients, weights or random draws
 METHODS = (("set", {"update_interval": 3}), ("rigl", {"update_interval": 3}),
-           ("dst_ee", {"update_interval": 3}), ("optg", {"epoch_steps": 3}))
+           ("dst_ee", {"update_interval": 3}), ("optg", {"epoch_steps": 3}),
+           ("iee", {"H": 2, "J": 1, "Q": 2}), ("iee", {"H": 2, "J": 1, "Q": 2, "criterion": "taylor"}))
 
 
 def _free_port() -> int:
@@ -52,7 +53,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 sums.append(regrow.mask_checksum(method.state.masks))
             weights = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
             synced = regrow.check_masks_synchronized(method.state.masks)
-            result[name] = {"first": first, "sums": sums, "weights": weights, "synced": synced}
+            result[name + str(extra.get("criterion", ""))] = {"first": first, "sums": sums, "weights": weights, "synced": synced}
         # a rank-local decision is caught on every rank
         skewed = {k: v.clone() for k, v in method.state.masks.items()}
         if rank == 1:
@@ -72,11 +73,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_two_rank_gloo_masks_identical(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
-    for name, _ in METHODS:
+    for name, extra in METHODS:
+        name += str(extra.get("criterion", ""))
         assert r0[name]["sums"] == r1[name]["sums"], name  # identical after every step
         assert r0[name]["weights"] == r1[name]["weights"], name
         assert len(set(r0[name]["sums"])) > 1, f"{name}: the masks never changed"

@@ -81,6 +81,15 @@ def test_distribution_errors():
     for bad in (0, 0.0, -0.5, 1.01, True, "0.5", None):
         with pytest.raises(ValueError, match=r"density must be a number in \(0, 1\]"):
             check_density(bad)
-    with pytest.raises(ValueError, match="unknown distribution 'normal'; allowed: uniform, erk, global"):
+    with pytest.raises(ValueError, match="unknown distribution 'normal'; allowed: erk, global, uniform"):
         layer_counts("normal", SHAPES, 0.5)
     assert layer_counts("uniform", SHAPES, 1.0) == {"conv.weight": 72, "fc1.weight": 512, "fc2.weight": 16}
+
+
+def test_global_keeps_dense_layers_whole_with_an_exact_total():
+    shapes = {"a": (10, 10), "b": (100, 10), "c": (10, 4)}
+    counts = global_counts(shapes, 0.2, dense=["a", "c"])
+    assert counts["a"] == 100 and counts["c"] == 40
+    assert sum(counts.values()) == round(0.2 * 1140)
+    with pytest.raises(ValueError, match="too low to keep .* dense under the global distribution"):
+        global_counts(shapes, 0.1, dense=["a", "c"])

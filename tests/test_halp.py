@@ -1,4 +1,4 @@
-"""HALP (regrow.methods.halp) and the channel-mask base (regrow.structured.masking)."""
+"""HALP (regrow.methods.halp) and the channel-mask base (regrow.methods.channel)."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import regrow
 from regrow.methods import METHODS
 from regrow.structured.latency import LatencyTable, device_name, model_layers
-from regrow.structured.masking import bn_taylor
+from regrow.methods.channel import bn_taylor
 from test_groups import TinyRes
 
 X = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -538,3 +538,30 @@ def test_channel_structure_resolves_to_the_channel_variant():
     assert method_class("iee", "unstructured").name == "iee"
     assert method_class("iee", "nm").name == "iee"
     assert method_class("rigl", "channel").name == "rigl"  # no variant: the method's own error later
+
+
+def test_selection_prunes_the_least_and_grows_the_most_important():
+    """Prune moves the lowest-|w| weights of Θ_K to Θ_P; Grow takes the highest-|w|
+    weights of the explored Θ_P (magnitude criterion, per layer)."""
+    model, opt, m = make(H=2, J=2, Q=3, total_steps=40, alpha=0.5)
+    moved = {"prune": 0, "grow": 0}
+    for step in range(1, 30):
+        before = {n: k.clone() for n, k in m.state.masks.items()}
+        phase = m.phase
+        train(model, opt, m, 1, start=step)
+        events = [r["event"] for r in m.pop_metrics()]
+        for n in m.names:
+            after, w, d = m.state.masks[n], m.params[n].detach(), m.state.dormant[n]
+            if "prune" in events and (before[n] & ~after).any():
+                # scored on the weights after this step's update: the pruned ones' values
+                # went to dormant, the kept ones' stay in the parameter
+                pruned = before[n] & ~after
+                assert d[pruned].abs().max() <= w[after].abs().min(), n
+                moved["prune"] += int(pruned.sum())
+            if "grow" in events and (after & ~before[n]).any():
+                assert phase == "explore"
+                grown, not_grown = after & ~before[n], ~after & ~before[n]
+                # grown weights keep their explored values, the others go dormant at theirs
+                assert w[grown].abs().min() >= d[not_grown].abs().max(), n
+                moved["grow"] += int(grown.sum())
+    assert moved["prune"] > 0 and moved["grow"] == moved["prune"]

@@ -277,6 +277,7 @@ def test_optimizer_step_with_closure_masks_what_the_closure_computed():
     assert sp.state.step == 6 and [r["step"] for r in sp.pop_metrics()] == [4]
 
 
+@pytest.mark.slow
 def test_import_regrow_imports_no_framework_and_missing_lightning_names_the_extra():
     code = (
         "import sys\n"

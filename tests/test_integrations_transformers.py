@@ -229,6 +229,7 @@ def test_fp16_skipped_step_changes_nothing_cuda(tmp_path):
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
 
 
+@pytest.mark.slow
 def test_missing_transformers_names_the_extra():
     code = (
         "import sys\n"

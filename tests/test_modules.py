@@ -65,6 +65,7 @@ def test_old_import_paths_still_work():
     assert SPARSE_MODULES is modules.SPARSE_MODULES and unwrap is modules.unwrap
 
 
+@pytest.mark.slow
 def test_importing_regrow_does_not_import_transformers():
     code = "import sys, regrow, regrow.modules, regrow.cost; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -23,7 +23,7 @@ def test_constant_fraction_and_dispatch():
     assert constant_fraction(99, 0.3, 100) == 0.3 and constant_fraction(100, 0.3, 100) == 0.0
     assert update_fraction("constant", 10, 0.2, 100) == 0.2
     assert update_fraction("cosine", 50, 0.2, 100) == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="unknown fraction_schedule 'step'; allowed: cosine, constant"):
+    with pytest.raises(ValueError, match="unknown fraction_schedule 'step'; allowed: constant, cosine"):
         update_fraction("step", 1, 0.3, 100)
 
 

@@ -249,6 +249,7 @@ def test_working_settings_do_not_warn(name, cfg):
 
 
 # ---- restore in any order, for every registered method, in a fresh process --------
+@pytest.mark.slow
 def test_restore_in_either_order_continues_bit_identically(tmp_path):
     from restore_worker import CASES, run_reference
 

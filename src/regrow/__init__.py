@@ -8,7 +8,7 @@ from .methods.base import method_class
 from .state import SparseState, check_masks_synchronized, mask_checksum
 from .deploy import export, load as load_export  # noqa: F401
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def create(name: str, model, optimizer, **config):

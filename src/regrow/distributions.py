@@ -16,9 +16,11 @@ All functions return integer counts; the total is exact for ``erk`` and ``global
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Sequence
+from typing import Callable, Dict, Iterable, Sequence
 
-DISTRIBUTIONS = ("uniform", "erk", "global")
+from .registry import Registry
+
+DISTRIBUTIONS: "Registry[Callable[..., Dict[str, int]]]" = Registry("distribution")
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -54,6 +56,7 @@ def _largest_remainder(ideal: Dict[str, float], total: int, caps: Dict[str, int]
     return counts
 
 
+@DISTRIBUTIONS.register("uniform")
 def uniform_counts(
     shapes: Dict[str, Sequence[int]], density: float, dense: Iterable[str] = ()
 ) -> Dict[str, int]:
@@ -91,6 +94,7 @@ def erk_densities(
     return out
 
 
+@DISTRIBUTIONS.register("erk")
 def erk_counts(
     shapes: Dict[str, Sequence[int]], density: float, dense: Iterable[str] = ()
 ) -> Dict[str, int]:
@@ -101,6 +105,7 @@ def erk_counts(
     return _largest_remainder(ideal, max(total, len(shapes)), numel)
 
 
+@DISTRIBUTIONS.register("global")
 def global_counts(
     shapes: Dict[str, Sequence[int]], density: float, dense: Iterable[str] = ()
 ) -> Dict[str, int]:
@@ -125,10 +130,5 @@ def global_counts(
 def layer_counts(
     kind: str, shapes: Dict[str, Sequence[int]], density: float, dense: Iterable[str] = ()
 ) -> Dict[str, int]:
-    if kind == "uniform":
-        return uniform_counts(shapes, density, dense)
-    if kind == "erk":
-        return erk_counts(shapes, density, dense)
-    if kind == "global":
-        return global_counts(shapes, density, dense)
-    raise ValueError(f"unknown distribution '{kind}'; allowed: {', '.join(DISTRIBUTIONS)}")
+    """Per-layer active counts of the registered distribution ``kind``."""
+    return DISTRIBUTIONS.get(kind)(shapes, density, dense)

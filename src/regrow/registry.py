@@ -13,9 +13,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named collection that refuses duplicates and explains unknown names."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, stamp_name: bool = False):
         self.kind = kind
         self._items: Dict[str, T] = {}
+        # methods: the registered name is the class's ``name`` (written once, here)
+        self.stamp_name = stamp_name
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -27,6 +29,8 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T) -> None:
         if name in self._items:
             raise ValueError(f"{self.kind} '{name}' is already registered")
+        if self.stamp_name:
+            obj.name = name
         self._items[name] = obj
 
     def get(self, name: str) -> T:

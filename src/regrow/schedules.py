@@ -5,13 +5,20 @@ Nothing here keeps state; callers pass the step (or epoch) they are at.
 from __future__ import annotations
 
 import math
+from typing import Callable
+
+from .registry import Registry
+
+FRACTION_SCHEDULES: "Registry[Callable[[int, float, int], float]]" = Registry("fraction_schedule")
 
 
+@FRACTION_SCHEDULES.register("constant")
 def constant_fraction(step: int, alpha: float, t_end: int) -> float:
     """α while ``step < t_end``, then 0 (SET, Mocanu et al. 2018)."""
     return alpha if step < t_end else 0.0
 
 
+@FRACTION_SCHEDULES.register("cosine")
 def cosine_fraction(step: int, alpha: float, t_end: int) -> float:
     """α_t = α/2 · (1 + cos(π·t / T_end)) for t < T_end, else 0 (RigL, Evci et al. 2020, Eq. 1)."""
     if step >= t_end:
@@ -19,17 +26,9 @@ def cosine_fraction(step: int, alpha: float, t_end: int) -> float:
     return alpha / 2.0 * (1.0 + math.cos(math.pi * step / t_end))
 
 
-FRACTION_SCHEDULES = {"cosine": cosine_fraction, "constant": constant_fraction}
-
-
 def update_fraction(kind: str, step: int, alpha: float, t_end: int) -> float:
-    try:
-        fn = FRACTION_SCHEDULES[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown fraction_schedule '{kind}'; allowed: {', '.join(FRACTION_SCHEDULES)}"
-        ) from None
-    return fn(step, alpha, t_end)
+    """α_t of the registered fraction schedule ``kind`` (ValueError naming the allowed ones)."""
+    return FRACTION_SCHEDULES.get(kind)(step, alpha, t_end)
 
 
 def cubic_density(step: int, final_density: float, t_start: int, t_end: int,

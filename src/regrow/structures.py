@@ -16,11 +16,12 @@ as -inf: below every real score, so a NaN is never preferred to a number.
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .registry import Registry
 from .state import count_true
 
 NEG_INF = float("-inf")
@@ -350,18 +351,16 @@ class FanIn:
         return new
 
 
-STRUCTURES = ("unstructured", "nm", "fanin")
+# name -> factory(n, m): the per-layer structures a method's ``structure`` field names
+STRUCTURES: "Registry[Callable[[int, int], Any]]" = Registry("structure")
+STRUCTURES.add("unstructured", lambda n, m: Unstructured())
+STRUCTURES.add("nm", NM)
+STRUCTURES.add("fanin", lambda n, m: FanIn())
 
 
 def make_structure(name: str, n: int = 2, m: int = 4):
-    if name == "unstructured":
-        return Unstructured()
-    if name == "nm":
-        return NM(n, m)
-    if name == "fanin":
-        return FanIn()
-    raise ValueError(f"unknown structure '{name}'; allowed: {', '.join(STRUCTURES)} "
-                     f"(channel: see regrow.structured)")
+    """The registered structure ``name`` (``nm`` takes N and M)."""
+    return STRUCTURES.get(name)(n, m)
 
 
 # ---- several tensors ranked together (the "global" distribution) -------------

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..methods.base import METHODS, SparseMethod, method_class
+from ..methods.base import METHODS, RunFacts, SparseMethod, method_class
 
 
 def require(module: str, extra: str, version: str):
@@ -51,12 +51,9 @@ class MethodSpec:
               epoch_steps: Optional[int]) -> SparseMethod:
         """The method on ``model``/``optimizer``; ``total_steps`` and ``epoch_steps`` (the
         framework's counts of optimizer steps) fill the options the user did not give."""
-        opts = dict(self.options)
-        if "total_steps" not in opts and total_steps is not None and math.isfinite(total_steps):
-            opts["total_steps"] = int(total_steps)
-        if "epoch_steps" in self.fields and "epoch_steps" not in opts and epoch_steps:
-            opts["epoch_steps"] = int(epoch_steps)
-        return self.cls(model, optimizer, **opts)
+        known = total_steps is not None and math.isfinite(total_steps)
+        facts = RunFacts(total_steps=int(total_steps) if known else None, epoch_steps=epoch_steps or None)
+        return self.cls(model, optimizer, **{**self.cls.run_options(facts), **self.options})
 
 
 def check_resumed_config(method: SparseMethod, sd: Dict[str, Any]) -> None:

@@ -27,7 +27,6 @@ class ASPConfig(SparsityConfig):
 
 @METHODS.register("asp")
 class ASP(SparseMethod):
-    name = "asp"
     Config = ASPConfig
     structures = ("nm",)
 

@@ -39,9 +39,20 @@ from ..schedules import FRACTION_SCHEDULES, update_fraction
 from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
 
-METHODS: "Registry[type]" = Registry("method")
+METHODS: "Registry[type]" = Registry("method", stamp_name=True)  # sets each class's name
 
 GROW_INITS = ("zero", "dormant", "keep")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a training run knows that a method may take options from (see
+    :meth:`SparseMethod.run_options`): optimizer steps in the run and per epoch, and one
+    sample's input shape."""
+
+    total_steps: Optional[int] = None
+    epoch_steps: Optional[int] = None
+    input_shape: Optional[Tuple[int, ...]] = None
 
 
 @dataclass
@@ -221,6 +232,14 @@ class SparseMethod(metaclass=_MethodMeta):
         self.apply_masks()
         if self.dynamic:
             mask_metrics.start_tracking(self.state)
+
+    @classmethod
+    def run_options(cls, run: RunFacts) -> Dict[str, Any]:
+        """The options this method takes from the run it trains in; a harness (our train
+        loop, the Lightning and HF integrations) fills those the user did not give.
+        Default: ``total_steps``. Methods that need more declare it here (OptG: the epoch
+        length; channel methods: the input shape to trace)."""
+        return {} if run.total_steps is None else {"total_steps": int(run.total_steps)}
 
     def _init_step_contract(self) -> None:
         self._hook_handles: List[Any] = []
@@ -722,6 +741,9 @@ class DropGrowMethod(SparseMethod):
     Config = DynamicConfig
     needs_total_steps = True
     dynamic = True
+    # growth reads the dense gradient of every weight at update steps (RigL, DST-EE): that
+    # step's weight gradient is dense, ζ_D instead of ζ_P (see step_flops)
+    needs_dense_grad: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._grow_scores: Optional[Dict[str, torch.Tensor]] = None
@@ -730,6 +752,26 @@ class DropGrowMethod(SparseMethod):
     @abc.abstractmethod
     def grow_scores(self, step: int) -> Dict[str, torch.Tensor]:
         """Scores over every sparse weight; the highest inactive ones are grown."""
+
+    def drop_scores(self, step: int) -> Dict[str, torch.Tensor]:
+        """Scores over every sparse weight; the lowest active ones are dropped (|w|)."""
+        magnitude = CRITERIA.get("magnitude")
+        return {n: magnitude(self.params[n]) for n in self.names}
+
+    def dense_gradient_scores(self) -> Dict[str, torch.Tensor]:
+        """|∂L/∂w| of every sparse weight, read before masking (0 where a layer got no
+        gradient this step: every candidate ties, broken by index)."""
+        grad = CRITERIA.get("gradient")
+        return {n: grad(p, p.grad) if p.grad is not None else torch.zeros_like(p)
+                for n, p in self.params.items()}
+
+    def step_flops(self, zeta_sparse: float, zeta_dense: float) -> float:
+        """3·ζ_P per sample (sparse forward, backward ≈ 2× forward); with ``needs_dense_grad``
+        2·ζ_P + ζ_D at an update step (RigL §4.4, IEE appendix §3): averaged over ΔT − 1 plain
+        steps and one update step, (3·ζ_P·(ΔT − 1) + 2·ζ_P + ζ_D)/ΔT."""
+        if self.needs_dense_grad and self.update_due(self.state.step):
+            return 2.0 * zeta_sparse + zeta_dense
+        return 3.0 * zeta_sparse
 
     def warn_if_idle(self) -> None:
         cfg = self.config
@@ -750,8 +792,7 @@ class DropGrowMethod(SparseMethod):
         scores, self._grow_scores = self._grow_scores, None
         fraction = self.update_fraction(step)
         counts = self.drop_counts(fraction)
-        drop_scores = {n: CRITERIA.get("magnitude")(self.params[n]) for n in self.names}
-        after_prune = self.prune(drop_scores, counts)
+        after_prune = self.prune(self.drop_scores(step), counts)
         new = self.grow(scores, counts, after_prune)
         record = self.commit(new, grow_init="zero", after_prune=after_prune)
         self.log({"step": step, "event": "update", "fraction": fraction, **record,

@@ -12,7 +12,6 @@ from .base import METHODS, SparseMethod
 class Dense(SparseMethod):
     """No sparsity: masks are all ones and the step is the plain optimizer step."""
 
-    name = "dense"
     structures = ("unstructured",)
 
     def validate_config(self) -> None:

@@ -25,6 +25,8 @@ Eq. in §"Weights Coverage Exploration", tracked by ``regrow.metrics``) and the 
 of grown weights into ``n_grown_exploit`` (also in the top-k by |∂L/∂W| alone) and
 ``n_grown_explore`` (grown only because of the bonus term).
 
+Departure: as RigL here, the optimizer step of an update iteration is taken as well.
+
 Distributed: the gradient in S is the parameter's ``.grad`` at the update step,
 which DistributedDataParallel has already all-reduced before the optimizer step, and
 N changes only with the masks, so every rank computes the same scores and masks.
@@ -37,7 +39,6 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..criteria import CRITERIA
 from .base import METHODS, DropGrowMethod, DynamicConfig
 
 COUNT = "dst_ee.active_count"
@@ -65,7 +66,7 @@ def acquisition_scores(grad: torch.Tensor, count: torch.Tensor, t: int, c: float
 
 @METHODS.register("dst_ee")
 class DSTEE(DropGrowMethod):
-    name = "dst_ee"
+    needs_dense_grad = True   # the exploitation term is the dense |∂L/∂W| (as RigL)
     Config = DSTEEConfig
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -89,16 +90,10 @@ class DSTEE(DropGrowMethod):
         return self.state.buffers[COUNT]
 
     def grow_scores(self, step: int) -> Dict[str, torch.Tensor]:
-        grad = CRITERIA.get("gradient")
         cfg = self.config
-        exploit, out = {}, {}
-        for n in self.names:
-            p = self.params[n]
-            # no gradient (layer unused this step): the exploitation term is 0
-            exploit[n] = grad(p, p.grad) if p.grad is not None else torch.zeros_like(p)
-            out[n] = acquisition_scores(exploit[n], self.counts[n], step, cfg.c, cfg.eps)
+        exploit = self.dense_gradient_scores()
         self._exploit_scores = exploit
-        return out
+        return {n: acquisition_scores(exploit[n], self.counts[n], step, cfg.c, cfg.eps) for n in self.names}
 
     def grow(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
              masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -120,14 +115,6 @@ class DSTEE(DropGrowMethod):
             # Algorithm 1: N ← N + M after the update
             for n in self.names:
                 self.counts[n].add_(self.state.masks[n].to(COUNT_DTYPE))
-
-    def step_flops(self, zeta_sparse: float, zeta_dense: float) -> float:
-        """As RigL (Evci et al. 2020, §4.4): 3·ζ_P per sample, and 2·ζ_P + ζ_D at an update
-        step, which needs the dense gradient of every weight; the bonus term is
-        element-wise, O(|W|), negligible next to a forward pass."""
-        if self.update_due(self.state.step):
-            return 2.0 * zeta_sparse + zeta_dense
-        return 3.0 * zeta_sparse
 
     def log(self, record: Dict[str, Any]) -> None:
         if self._split is not None and record.get("event") == "update":

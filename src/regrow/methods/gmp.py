@@ -26,7 +26,6 @@ class GMPConfig(SparsityConfig):
 
 @METHODS.register("gmp")
 class GMP(SparseMethod):
-    name = "gmp"
     Config = GMPConfig
     structures = ("unstructured",)
     needs_total_steps = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..schedules import exponential_ratio
-from ..structured.masking import ChannelConfig, ChannelMethod
+from .channel import ChannelConfig, ChannelMethod
 from .base import METHODS
 
 
@@ -37,7 +37,6 @@ class HALPConfig(ChannelConfig):
 
 @METHODS.register("halp")
 class HALP(ChannelMethod):
-    name = "halp"
     Config = HALPConfig
 
     def validate_config(self) -> None:

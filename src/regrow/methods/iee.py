@@ -163,7 +163,6 @@ class IEEConfig(DynamicConfig):
 class IEE(SparseMethod):
     """IEE for unstructured and N:M sparsity; see the module docstring for the algorithm."""
 
-    name = "iee"
     Config = IEEConfig
     needs_total_steps = True
     keeps_dormant = True

@@ -27,7 +27,7 @@ import torch
 
 from .. import metrics as mask_metrics
 from ..optim import zero_optimizer_state_
-from ..structured.masking import ChannelConfig, ChannelMethod
+from .channel import ChannelConfig, ChannelMethod
 from .base import METHODS
 from .iee import (
     BEFORE, CYCLES_DONE, FRACTION, IEE, KEPT, OMEGA, PHASE, IEEConfig, iee_cycles,
@@ -48,7 +48,6 @@ class ChannelIEEConfig(ChannelConfig, IEEConfig):
 
 @METHODS.register("iee_channel")
 class ChannelIEE(ChannelMethod, IEE):
-    name = "iee_channel"
     Config = ChannelIEEConfig
     structures = ("channel",)
 

@@ -66,7 +66,7 @@ import torch
 
 from ..schedules import sigmoid_mask_lr, sigmoid_ramp, sigmoid_sparsity
 from ..structures import kth_smallest
-from .base import METHODS, SparseMethod, SparsityConfig, warn_user
+from .base import METHODS, RunFacts, SparseMethod, SparsityConfig, warn_user
 
 SCORES = "optg.scores"
 
@@ -109,7 +109,6 @@ def topk_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -
 
 @METHODS.register("optg")
 class OptG(SparseMethod):
-    name = "optg"
     Config = OptGConfig
     structures = ("unstructured",)
     keeps_dormant = True
@@ -149,6 +148,13 @@ class OptG(SparseMethod):
             raise ValueError(f"tau must be a positive integer (epochs), got {tau!r}")
         if isinstance(cfg.a, bool) or not isinstance(cfg.a, (int, float)) or not cfg.a > 0:
             raise ValueError(f"a (sigmoid steepness) must be a number > 0, got {cfg.a!r}")
+
+    @classmethod
+    def run_options(cls, run: RunFacts) -> Dict[str, Any]:
+        out = super().run_options(run)
+        if run.epoch_steps is not None:   # masks change at epoch boundaries
+            out["epoch_steps"] = int(run.epoch_steps)
+        return out
 
     def warn_if_idle(self) -> None:
         ts = self.config.total_steps

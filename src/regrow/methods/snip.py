@@ -1,7 +1,12 @@
 """SNIP (Lee et al. 2019, "SNIP: Single-shot Network Pruning based on Connection
 Sensitivity"): keep the weights with the largest connection sensitivity
 s_j = |g_j · w_j| (Eq. 6, normalisation does not change the ranking), summed over
-a few batches at initialisation; then train the mask as a static one."""
+a few batches at initialisation; then train the mask as a static one.
+
+Departure from Lee et al.: SNIP ranks all weights globally; here the ranking is per
+layer at the distribution's counts (ERK by default, as the IEE and RigL baselines
+compare at equal per-layer densities). ``distribution="global"`` gives SNIP's own
+global ranking."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +27,6 @@ class SNIPConfig(SparsityConfig):
 
 @METHODS.register("snip")
 class SNIP(SparseMethod):
-    name = "snip"
     Config = SNIPConfig
     needs_data = True
 

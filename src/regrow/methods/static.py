@@ -9,4 +9,3 @@ from .base import METHODS, SparseMethod
 class Static(SparseMethod):
     """Random mask at the per-layer targets (uniform U(0,1) scores, top-k), fixed for the run."""
 
-    name = "static"

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..cost import FlopsLedger
-from ..methods.base import method_class, resolve_config
+from ..methods.base import RunFacts, method_class, resolve_config
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import RunConfig, data_seed, dump, fingerprint, validate
@@ -158,17 +158,18 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def method_options(cfg: RunConfig, total_steps: int, steps_per_epoch: int = 1,
                    input_shape: Optional[tuple] = None) -> Dict[str, Any]:
-    """The method's keyword arguments: its own options plus what the run decides."""
-    opts = dict(cfg.method_options)
+    """The method's keyword arguments: what the method takes from the run (its
+    ``run_options``), overridden by its own options, plus what the run decides."""
+    cls = method_class(cfg.method, cfg.structure)
+    facts = RunFacts(total_steps=total_steps, epoch_steps=steps_per_epoch,
+                     input_shape=None if input_shape is None else tuple(input_shape))
+    opts = {**cls.run_options(facts), **cfg.method_options}
     opts.update(structure=cfg.structure, total_steps=total_steps, seed=cfg.seed)
     if cfg.distribution is not None:
         opts["distribution"] = cfg.distribution
-    opts.setdefault("epoch_steps", steps_per_epoch)  # epoch-based methods (OptG)
-    if input_shape is not None:  # channel methods trace the model on one sample
-        opts.setdefault("input_shape", tuple(input_shape))
     # N:M fixes its own density n/m; any other density would be an error there
     opts["density"] = None if cfg.structure == "nm" else cfg.density
-    fields = {f.name for f in dataclasses.fields(method_class(cfg.method, cfg.structure).Config)}
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
     return {k: v for k, v in opts.items() if k in fields}
 
 
@@ -179,11 +180,7 @@ def check_method_config(cfg: RunConfig) -> None:
         return  # needs the dataset's sample shape: checked when the method is built
     probe = cls.__new__(cls)
     probe.config = resolve_config(cls.Config, None, method_options(cfg, total_steps=1))
-    try:
-        probe.validate_config()
-    except (AttributeError, KeyError):
-        # a check that needs the built method: it runs again when the method is built
-        return
+    probe.validate_config()
 
 
 def loss_fn_for(label_smoothing: float, task: Task = TASKS.get("classification")

@@ -50,7 +50,7 @@ def _table_args(p: argparse.ArgumentParser) -> None:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from .latency import LatencyTable, build_table, model_layers
+    from ..structured.latency import LatencyTable, build_table, model_layers
 
     for f in ("batch_size", "points", "repeats"):
         if getattr(args, f) < 1 or (f == "points" and args.points < 2):
@@ -88,8 +88,8 @@ def load_run(run_dir: str) -> Dict[str, Any]:
     """Model (masked or slimmed as trained), groups, channels and example input of a run."""
     from ..train import checkpoint as ckpt
     from ..train import config as C
-    from .groups import find_groups
-    from .slim import slim_
+    from ..structured.groups import find_groups
+    from ..structured.slim import slim_
 
     path = Path(run_dir) / "checkpoint.pt"
     state = ckpt.load(path)
@@ -116,8 +116,8 @@ def load_run(run_dir: str) -> Dict[str, Any]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .latency import measure_model
-    from .slim import export, portable
+    from ..structured.latency import measure_model
+    from ..structured.slim import export, portable
 
     from ..train.lock import RunLock
 
@@ -144,12 +144,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _commands():
-    from ..cli import Command
+    from . import Command
 
     return [
         Command("latency-table", "measure a latency lookup table for a model on this device",
                 _table_args, _table),
-        # `regrow export` itself lives in regrow.deploy.commands (--format slim calls _export)
+        # `regrow export` itself lives in regrow.cli.deploy (--format slim calls _export)
     ]
 
 

@@ -27,14 +27,14 @@ from torch import nn
 
 from .. import knapsack
 from .. import metrics as mask_metrics
-from ..methods.base import Pristine, SparseMethod, SparsityConfig, resolve_config
 from ..modules import unwrap
 from ..state import SparseState
-from .groups import ChannelGroup, dim_keeps, find_groups, masked_tensors
-from .slim import kept_indices, slim_, slim_copy
-from .latency import (
+from ..structured.groups import ChannelGroup, dim_keeps, find_groups, masked_tensors
+from ..structured.latency import (
     COSTS, CostGraph, CostModel, LatencyTable, build_table, count_macs, measure_model, model_layers,
 )
+from ..structured.slim import kept_indices, slim_, slim_copy
+from .base import Pristine, RunFacts, SparseMethod, SparsityConfig, resolve_config
 
 
 @dataclass
@@ -112,6 +112,13 @@ class ChannelMethod(SparseMethod):
         self.apply_masks()
         if self.dynamic:
             mask_metrics.start_tracking(self.state)
+
+    @classmethod
+    def run_options(cls, run: RunFacts) -> Dict[str, Any]:
+        out = super().run_options(run)
+        if run.input_shape is not None:   # the model is traced on one sample
+            out["input_shape"] = tuple(run.input_shape)
+        return out
 
     # ---- configuration -----------------------------------------------------------
     def validate_config(self) -> None:

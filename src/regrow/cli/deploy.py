@@ -10,7 +10,7 @@ from typing import Any, Dict
 
 import torch
 
-from .api import FORMATS
+from ..deploy.api import FORMATS
 
 
 def load_sparse_run(run_dir: str) -> Dict[str, Any]:
@@ -74,16 +74,16 @@ def _export(args: argparse.Namespace) -> int:
     for b in args.batch_size or ():
         _positive("batch-size", b)
     if fmt == "slim":
-        from ..structured.commands import _export as slim_export
+        from .structured import _export as slim_export
 
         args.slim = True
         args.batch_size = (args.batch_size or [1])[0]
         return slim_export(args)
-    from .api import export
+    from ..deploy.api import export
 
     run = load_sparse_run(args.run_dir)
     if fmt == "nm":   # 2:4 kernels run on the GPU (export raises its own error without one)
-        from .kernels import require_cuda
+        from ..deploy.kernels import require_cuda
 
         require_cuda("format 'nm'")
         run["model"] = run["model"].cuda()
@@ -92,7 +92,7 @@ def _export(args: argparse.Namespace) -> int:
                  repeats=args.repeats, builder=run["builder"])
     info = res.summary()
     if args.measure:
-        from .bench import bench, table
+        from ..deploy.bench import bench, table
 
         r = bench(run["model"], run["shape"], formats=(fmt,), batch_sizes=args.batch_size or [1],
                   threads=args.threads, masks=run["masks"], hand=False)
@@ -126,8 +126,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .api import read
-    from .bench import bench, plot, table
+    from ..deploy.api import read
+    from ..deploy.bench import bench, plot, table
 
     for f in ("batch_size", "threads", "repeats"):
         _positive(f.replace("_", "-"), getattr(args, f))
@@ -145,7 +145,7 @@ def _bench(args: argparse.Namespace) -> int:
         if not b:
             raise ValueError(f"{target} stores no model builder; bench its run directory instead")
         from ..train.models import build_model
-        from .api import load
+        from ..deploy.api import load
 
         sparse = load(target)
         model = build_model(b["model"], tuple(b["input_shape"]), int(b["num_classes"]), **(b.get("options") or {}))
@@ -181,7 +181,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _commands():
-    from ..cli import Command
+    from . import Command
 
     return [
         Command("export", "export a trained run's model: --format slim|sparse|nm|fanin", _export_args, _export),

@@ -25,8 +25,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from . import __version__
-from .train import config as C
+from ..version import __version__
+from ..train import config as C
 
 
 class Command(NamedTuple):
@@ -37,7 +37,7 @@ class Command(NamedTuple):
 
 
 # Subcommands defined elsewhere: "module:ATTR" with ATTR a sequence of Command.
-EXTERNAL: Sequence[str] = ("regrow.structured.commands:COMMANDS", "regrow.deploy.commands:COMMANDS")
+EXTERNAL: Sequence[str] = ("regrow.cli.structured:COMMANDS", "regrow.cli.deploy:COMMANDS")
 
 # Method options that get their own flag (they are common to the dynamic methods).
 COMMON_METHOD_FLAGS = {
@@ -79,9 +79,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> Non
     S = argparse.SUPPRESS
     p.add_argument("--config", metavar="FILE.yaml", default=S,
                    help="YAML recipe (keys are the long option names with '_'); flags override it")
-    from .methods import METHODS
-    from .train.data import DATASETS
-    from .train.models import MODELS
+    from ..methods import METHODS
+    from ..train.data import DATASETS
+    from ..train.models import MODELS
 
     names = {"method": METHODS.names(), "model": MODELS.names() + ["tv:<torchvision name>"],
              "data": DATASETS.names()}
@@ -170,7 +170,7 @@ def _check_stop(n: Optional[int]) -> None:
 
 # ---- train ---------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from .train.loop import train
+    from ..train.loop import train
 
     _check_stop(args.stop_after_steps)
     cfg = run_config(args)
@@ -180,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_result(cfg: C.RunConfig, summary: Dict[str, Any]) -> None:
-    from .report import run_table
+    from ..report import run_table
 
     if "test_top1" in summary and _is_main():
         print(run_table([summary]))
@@ -206,8 +206,8 @@ def _resume_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from .train import checkpoint as ckpt
-    from .train.loop import CHECKPOINT, CONFIG, SUMMARY, train
+    from ..train import checkpoint as ckpt
+    from ..train.loop import CHECKPOINT, CONFIG, SUMMARY, train
 
     _check_stop(args.stop_after_steps)
     run_dir = Path(args.run_dir)
@@ -377,8 +377,8 @@ def _write_shared(path: Path, text: str) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .report import render_compare
-    from .train.loop import train
+    from ..report import render_compare
+    from ..train.loop import train
 
     _check_stop(args.stop_after_steps)
     if args.plan is not None and args.cell is not None:
@@ -403,7 +403,7 @@ def _compare(args: argparse.Namespace) -> int:
         cfg = C.build(file_values, flags, {"method": method, "density": density, "seed": seed,
                                            "out": str(cell_out), "method_options": options[method]})
         C.validate(cfg)  # every cell is checked before the first one trains
-        from .train.loop import check_method_config
+        from ..train.loop import check_method_config
         check_method_config(cfg)
         cells.append(cfg)
     total = len(cells)
@@ -474,8 +474,8 @@ def plan_cells(cells: List[C.RunConfig], overwrite: bool) -> List[tuple]:
     keep (finished with the asked config), resume (checkpoint of the asked config),
     restart (stopped before its first checkpoint), overwrite (--overwrite), refuse
     (holds a run of other settings; ``why`` names the differing fields)."""
-    from .train import checkpoint as ckpt
-    from .train.loop import CHECKPOINT, CONFIG, METRICS, SUMMARY
+    from ..train import checkpoint as ckpt
+    from ..train.loop import CHECKPOINT, CONFIG, METRICS, SUMMARY
 
     plan = []
     for cfg in cells:
@@ -520,7 +520,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import render
+    from ..report import render
 
     print(render(args.path))
     grid = Path(args.path) / "compare.json"
@@ -570,7 +570,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args._argv = argv  # compare --plan writes each cell's command from it
-    from .train.distributed import RankMismatch
+    from ..train.distributed import RankMismatch
 
     try:
         return int(args._run(args) or 0)
