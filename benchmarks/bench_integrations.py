@@ -24,7 +24,6 @@ Goal (issue 10): median ratio <= 1.03.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 import time
@@ -32,13 +31,9 @@ import warnings
 
 import torch
 
+from bench_step_overhead import bootstrap_ci
+
 warnings.filterwarnings("ignore")
-
-
-def bootstrap_ci(xs, n=2000, seed=0):
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
 def main():

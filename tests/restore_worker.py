@@ -38,7 +38,7 @@ CASES = {
     "iee": dict(density=0.2, H=2, J=1, Q=2, total_steps=4 * K),   # K = 7 stops mid-cycle
     "asp": {},
     "halp": dict(CHANNEL, prune_steps=2, prune_interval=3),
-    "iee_channel": dict(CHANNEL, H=2, J=1, Q=2),
+    "iee_channel": dict(CHANNEL, H=2, J=1, Q=2, end_fraction=0.75),
 }
 
 

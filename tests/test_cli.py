@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 import subprocess
 import sys
 import types
@@ -30,8 +31,9 @@ def run(argv, capsys):
                "--out", "--config", "--opt", "--update-interval", "--alpha", "--grad-accum", "--amp",
                "--deterministic", "--pretrained", "--quiet", "--structure", "--latency-target", "--latency-ms",
                "--cost", "--latency-table", "--slim-after-updates", "--data-seed", "--pretrained-epochs",
-               "--dist-timeout"]),
-    ("compare", ["--methods", "--densities", "--seeds", "--out", "--config", "--epochs", "--overwrite"]),
+               "--dist-timeout", "--data-opt"]),
+    ("compare", ["--methods", "--densities", "--seeds", "--out", "--config", "--epochs", "--overwrite", "--plan",
+                 "--cell"]),
     ("resume", ["run_dir", "--quiet", "--data-root"]),
     ("report", ["path"]),
 ])
@@ -521,3 +523,79 @@ def test_resume_of_a_run_killed_before_writing_anything_says_what_to_run(tmp_pat
     assert rc == 2 and "start it again with the same 'regrow train ... --out" in err, err
     assert quiet_main(["train", *TINY, "--out", str(run)])[0] == 0  # and that works: the lock was stale
     assert not (run / ".regrow.lock").exists()
+
+
+# ---- grids any scheduler can run: compare --plan / --cell, then report -------------------
+def _table(text):
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+def _no_wall(rows):
+    return [r.rsplit("|", 2)[0] for r in rows]  # the last column is wall seconds
+
+
+def test_plan_then_each_cell_then_report_reproduce_compare(tmp_path, capsys):
+    grid = ["compare", *TINY, "--methods", "dense,rigl", "--update-interval", "2", "--seeds", "0,1",
+            "--deterministic"]
+    rc, serial, err = run(grid + ["--out", str(tmp_path / "serial")], capsys)
+    assert rc == 0, err
+    dist, plan = tmp_path / "dist", tmp_path / "plan.txt"
+    rc, out, err = run(grid + ["--plan", str(plan), "--out", str(dist)], capsys)
+    assert rc == 0 and out == "" and "4 cell command(s) written" in err, err
+    lines = plan.read_text().splitlines()
+    assert len(lines) == 4 and not list(dist.glob("*/summary.json"))  # planning trains nothing
+    for i, line in reversed(list(enumerate(lines))):  # any order a scheduler picks
+        argv = shlex.split(line)
+        assert argv[:2] == ["regrow", "compare"] and argv[-2:] == ["--cell", str(i)] and "--plan" not in argv
+        rc, out, err = run(argv[1:], capsys)
+        assert rc == 0 and f"[{i + 1}/4]" in out and not _table(out), err
+        if i == 2:  # half the grid done: report shows what has finished and names the rest
+            rc, out, err = run(["report", str(dist)], capsys)
+            assert rc == 0 and [r.split("|")[1].strip() for r in _table(out)[2:]] == ["rigl"]
+            assert "2 of 4 cells of the grid have finished; not yet: dense-d1-s0, dense-d1-s1" in err
+    rc, reported, err = run(["report", str(dist)], capsys)
+    assert rc == 0 and "not yet" not in err
+    assert _no_wall(_table(reported)) == _no_wall(_table(serial))  # the same cells, the same figures
+    rc, again, _ = run(grid + ["--out", str(dist)], capsys)  # every cell kept: compare's own table
+    assert rc == 0 and again.count("kept") == 4
+    assert _table(again) == _table(reported)
+
+
+def test_plan_to_stdout_and_bad_cell_numbers(tmp_path, capsys):
+    grid = ["compare", *TINY, "--methods", "static", "--seeds", "0,1,2", "--out", str(tmp_path / "c")]
+    rc, out, err = run(grid + ["--plan"], capsys)
+    assert rc == 0 and [shlex.split(x)[-1] for x in out.splitlines()] == ["0", "1", "2"], err
+    rc, out2, _ = run(grid + ["--plan=-"], capsys)
+    assert out2 == out
+    rc, _, err = run(grid + ["--cell", "3"], capsys)
+    assert rc == 2 and "--cell must be in 0..2 (the grid has 3 cells" in err
+    rc, _, err = run(grid + ["--cell", "0", "--plan"], capsys)
+    assert rc == 2 and "give one of them" in err
+    assert not list((tmp_path / "c").glob("*/summary.json"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "--methods", "rigl", "--plan", "p.txt", "--seeds", "0"],
+    ["compare", "--plan=p.txt", "--methods", "rigl", "--seeds", "0"],
+    ["compare", "--methods", "rigl", "--pla", "-", "--seeds", "0"],
+    ["compare", "--methods", "rigl", "--seeds", "0", "--plan"],
+    ["compare", "--plan", "--methods", "rigl", "--seeds", "0"],
+])
+def test_plan_lines_drop_the_plan_option_only(argv):
+    assert cli.plan_lines(argv, 2) == [
+        f"regrow compare --methods rigl --seeds 0 --cell {i}" for i in range(2)]
+
+
+def test_the_lm_task_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    sample = str(__import__("pathlib").Path(__file__).parent / "data" / "fortunes")
+    rc, out, err = run(["train", "--model", "gpt_tiny", "--model-opt", "n_embd=16", "--model-opt", "n_layer=1",
+                        "--data", "fortunes", "--data-root", sample, "--data-opt", "block_size=16",
+                        "--epochs", "1", "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.01",
+                        "--method", "iee", "--opt", "H=1", "--opt", "J=1", "--opt", "Q=1",
+                        "--device", "cpu", "--quiet", "--out", str(tmp_path / "lm")], capsys)
+    assert rc == 0, err
+    head, _, row = _table(out)
+    ppl = json.loads((tmp_path / "lm" / "summary.json").read_text())["val_perplexity"]
+    assert "val perplexity" in head and f"| {ppl:.3f} |" in row
+    assert cli.C.load_yaml(str(tmp_path / "lm" / "config.yaml"))["data_options"] == {"block_size": 16}

@@ -167,3 +167,20 @@ def test_a_stored_data_root_inside_the_run_directory_is_refused(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     C.check_stored_data_root("data", run)  # tmp_path/data: outside the run
     C.check_stored_data_root(None, run)
+
+
+def test_data_options_count_in_the_fingerprint_only_when_given():
+    base = C.build({"data": "fortunes"})
+    assert "data_options" not in C.identity(base)  # runs made before the field keep their fingerprint
+    other = C.build({"data": "fortunes", "data_options": {"block_size": 64}})
+    assert C.fingerprint(other) != C.fingerprint(base)
+    assert C.differences(base, other) == {"data_options": (None, {"block_size": 64})}
+
+
+def test_data_options_are_checked_before_anything_runs():
+    with pytest.raises(ValueError, match="data options \\['block_size'\\] do not apply to data 'mnist1d'"):
+        C.validate(C.build({"data_options": {"block_size": 8}}))
+    with pytest.raises(ValueError, match="block_size must be a positive integer"):
+        C.validate(C.build({"data": "fortunes", "data_options": {"block_size": -1}}))
+    with pytest.raises(ValueError, match="data_options must be a mapping"):
+        C.build({"data_options": [1]})

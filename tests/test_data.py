@@ -16,7 +16,7 @@ from regrow.train.data import DATASETS, DatasetBundle, load_dataset, read_idx
 
 def test_registry_names():
     assert set(DATASETS.names()) == {"mnist1d", "digits", "fashion-mnist", "mnist", "cifar10", "cifar100",
-                                     "imagefolder", "synthetic"}
+                                     "imagefolder", "synthetic", "fortunes", "text"}
 
 
 def test_unknown_dataset_lists_allowed_names():
@@ -402,3 +402,101 @@ def test_cifar_object_arrays_are_refused(tmp_path):
     (d / "data_batch_1").write_bytes(pickle.dumps(batch))
     with pytest.raises(ValueError, match="data_batch_1.*refused global|data_batch_1: entry 'labels' is an object array"):
         load_dataset("cifar10", root=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- text (language modelling)
+# tests/data/fortunes: a few public-domain quotations in the fortune format (records
+# separated by '%' lines, an index file beside one of them), standing in for Debian's
+# fortunes package, which CI's fresh machine does not have.
+
+SAMPLE_FORTUNES = __import__("pathlib").Path(__file__).parent / "data" / "fortunes"
+
+
+def _records(stream: bytes):
+    return [r for r in stream.split(b"%\n") if r]
+
+
+def _stream(ds):
+    """The split's bytes back from its blocks (x, then the last target)."""
+    x, y = ds.tensors
+    return bytes(x.reshape(-1).tolist()) + bytes([int(y[-1, -1])])
+
+
+def test_fortunes_blocks_are_next_byte_pairs_of_real_text():
+    b = load_dataset("fortunes", root=str(SAMPLE_FORTUNES), options={"block_size": 16})
+    assert b.task == "lm" and b.input_shape == (16,) and b.num_classes == 256 and b.name == "fortunes"
+    x, y = b.train.tensors
+    assert x.dtype == y.dtype == torch.int64 and x.shape[1] == 16
+    assert torch.equal(x.reshape(-1)[1:], y.reshape(-1)[:-1])  # y is x shifted by one token
+    text = _stream(b.train) + _stream(b.test)
+    assert b"Shall I compare thee" in text or b"Four score" in text
+    assert b"index" not in text  # the .dat index file is not text
+
+
+def test_fortunes_split_is_by_record_disjoint_and_seeded(tmp_path):
+    root = tmp_path / "f"
+    root.mkdir()
+    recs = [f"record number {i} says something\n".encode() for i in range(40)]
+    (root / "a").write_bytes(b"".join(r + b"%\n" for r in recs[:25]))
+    (root / "b").write_bytes(b"".join(r + b"%\n" for r in recs[25:])[:-2])  # no final '%'
+    (root / "b.u8").symlink_to(root / "b")  # Debian's .u8 links: read once, not twice
+    (root / "a.dat").write_bytes(b"\x00\x01binary")
+    b = load_dataset("fortunes", root=str(root), seed=3, options={"block_size": 8, "val_fraction": 0.25})
+    n_train = len(b.train) * 8 + 1
+    train, val = _records(_stream(b.train)), _records(_stream(b.test))
+    # whole records until each split's final partial block is cut
+    assert all(r in recs for r in train[:-1]) and all(r in recs for r in val[:-1])
+    assert not set(train[:-1]) & set(val[:-1])
+    assert len(val) <= 11 and len(train[:-1]) >= 25 and n_train > 600
+    again = load_dataset("fortunes", root=str(root), seed=3, options={"block_size": 8, "val_fraction": 0.25})
+    assert torch.equal(again.test.tensors[0], b.test.tensors[0])
+    other = load_dataset("fortunes", root=str(root), seed=4, options={"block_size": 8, "val_fraction": 0.25})
+    assert not torch.equal(other.test.tensors[0][:3], b.test.tensors[0][:3])
+
+
+def test_fortunes_missing_names_the_debian_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(D, "FORTUNES_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"apt-get install fortunes"):
+        load_dataset("fortunes")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"0 fortune record\(s\) in 0 file\(s\)"):
+        load_dataset("fortunes", root=str(tmp_path / "empty"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(D.FORTUNES_ROOT),
+                    reason="Debian's fortunes package is not installed (apt-get install fortunes)")
+def test_the_debian_fortunes_package():
+    b = load_dataset("fortunes")
+    assert len(b.train) * 128 > 2_000_000 and len(b.test) * 128 > 200_000
+
+
+def test_text_dataset_splits_a_file_or_a_directory(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"abcdefghij" * 10)
+    (tmp_path / "b.txt").write_bytes(b"0123456789" * 10)
+    (tmp_path / "c.md").write_bytes(b"not read")
+    b = load_dataset("text", root=str(tmp_path), options={"block_size": 4, "val_fraction": 0.5})
+    assert _stream(b.train) == (b"abcdefghij" * 10)[:97] and _stream(b.test) == (b"0123456789" * 10)[:97]
+    one = load_dataset("text", root=str(tmp_path / "a.txt"), options={"block_size": 4})
+    assert len(one.train) == (90 - 1) // 4 and len(one.test) == (10 - 1) // 4
+    with pytest.raises(ValueError, match="needs a data root"):
+        load_dataset("text")
+    with pytest.raises(FileNotFoundError, match="neither a file nor a directory"):
+        load_dataset("text", root=str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"block_size": 0}, "block_size must be a positive integer"),
+    ({"block_size": 8.0}, "block_size must be a positive integer"),
+    ({"val_fraction": 1.0}, r"val_fraction must be a number in \(0, 1\)"),
+    ({"vocab": 300}, r"unknown data option\(s\) \['vocab'\] for 'fortunes'; allowed: \['block_size', 'val_fraction'\]"),
+    ({"block_size": 100_000}, "fewer than one block of block_size"),
+])
+def test_text_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        load_dataset("fortunes", root=str(SAMPLE_FORTUNES), options=options)
+
+
+def test_data_options_only_for_text_datasets():
+    with pytest.raises(ValueError, match=r"do not apply to data 'digits'; only the text datasets \(fortunes, text\)"):
+        load_dataset("digits", options={"block_size": 8})
+    assert load_dataset("digits", options={}).task == "classification"

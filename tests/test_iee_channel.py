@@ -11,7 +11,8 @@ import regrow
 from test_groups import TinyRes
 from test_halp import X, Y, check_all_or_nothing
 
-OPTS = dict(input_shape=(3, 8, 8), cost="flops", latency_target=0.5, H=2, J=2, Q=2, total_steps=40)
+OPTS = dict(input_shape=(3, 8, 8), cost="flops", latency_target=0.5, H=2, J=2, Q=2, total_steps=40,
+            end_fraction=0.75)   # short runs: updates over 3/4 of the run, not the paper's 5/130
 
 
 def make(seed=0, **kw):
@@ -92,10 +93,44 @@ def test_init_from_pretrained_keeps_largest_gamma():
     with torch.no_grad():
         m.bne.weight.copy_(torch.linspace(0.1, 1.2, 12))
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    meth = regrow.create("iee_channel", m, opt, **{**OPTS, "init": "criterion"})
+    meth = regrow.create("iee_channel", m, opt, **{**OPTS, "init": "criterion", "budget_schedule": "constant"})
     e = meth.channels["e"]
     k = int(e.sum())
     assert 1 <= k < 12 and e[12 - k:].all()  # the k largest |γ|
+
+
+def test_from_a_given_model_the_budget_descends_exponentially_to_the_target():
+    """HALP's scheduler (IEE appendix §3): every channel at the start, IEE step k of T
+    prunes to Ψ_k − Ω_t and grows back within Ψ_k = D·(Ψ/D)^(k/T), ending on Ψ."""
+    torch.manual_seed(0)
+    m = TinyRes()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    meth = regrow.create("iee_channel", m, opt, **{**OPTS, "init": "criterion"})
+    assert all(c.all() for c in meth.channels.values())       # starts dense
+    assert meth.step_budget(meth.cycles) == pytest.approx(meth.budget)
+    grows = []
+    for _ in range(40):
+        train(m, opt, meth, 1)
+        for r in meth.pop_metrics():
+            if r["event"] == "grow":
+                assert r["predicted_cost"] <= r["step_budget"] * (1 + 1e-9)
+                grows.append(r["step_budget"])
+    assert len(grows) == meth.cycles >= 3
+    ratios = [b / meth.dense_cost for b in grows]
+    want = [(meth.budget / meth.dense_cost) ** (k / meth.cycles) for k in range(1, meth.cycles + 1)]
+    assert ratios == pytest.approx(want)
+    assert meth.predicted_cost() <= meth.budget * (1 + 1e-9)
+
+
+def test_structure_updates_end_at_5_of_130_by_default():
+    torch.manual_seed(0)
+    m = TinyRes()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    opts = {k: v for k, v in OPTS.items() if k != "end_fraction"}
+    meth = regrow.create("iee_channel", m, opt, **{**opts, "total_steps": 260})
+    assert meth.config.end_fraction == pytest.approx(5 / 130) and meth.t_end == 10 and meth.cycles == 1
+    with pytest.raises(ValueError, match="end_fraction"):
+        regrow.create("iee_channel", TinyRes(), None, **opts)   # 40 steps: T_end = 1 < ΔT = 6
 
 
 @pytest.mark.parametrize("kw, match", [

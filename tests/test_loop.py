@@ -217,7 +217,7 @@ def test_channel_methods_get_the_sample_shape_from_the_data(tmp_path):
     """iee_channel traces the model on one sample: the loop passes the dataset's shape."""
     s = train(tiny(tmp_path, method="iee_channel", structure="channel", model="resnet20", model_options={},
                    synthetic={"shape": [3, 8, 8], "num_classes": 4, "train_size": 96, "test_size": 32},
-                   method_options={"cost": "flops", "H": 2, "J": 1, "Q": 1}, epochs=2))
+                   method_options={"cost": "flops", "H": 2, "J": 1, "Q": 1, "end_fraction": 0.75}, epochs=2))
     assert s["steps"] == 12 and s["final_density"] < 1.0
     saved = ckpt.load(tmp_path / "run" / "checkpoint.pt")["method"]["config"]
     assert tuple(saved["input_shape"]) == (3, 8, 8)
@@ -301,3 +301,41 @@ def test_data_seed_is_fixed_across_training_seeds(tmp_path, monkeypatch):
     assert (s3["data_seed"], s5["data_seed"], s7["data_seed"]) == (0, 0, 7)
     assert C.data_seed(C.build({"data": "mnist1d"})) == 42
     assert C.data_seed(C.build({"data": "mnist1d", "data_seed": 1})) == 1
+
+
+# ---- the language-model task ----------------------------------------------------------
+SAMPLE_FORTUNES = str(__import__("pathlib").Path(__file__).parent / "data" / "fortunes")
+LM = {"model": "gpt_tiny", "model_options": {"n_layer": 1, "n_embd": 16, "n_head": 2}, "data": "fortunes",
+      "data_root": SAMPLE_FORTUNES, "data_options": {"block_size": 16}, "epochs": 2, "batch_size": 16,
+      "optimizer": "adamw", "lr": 0.01, "log_every": 3, "quiet": True, "device": "cpu", "density": 0.1}
+
+
+@pytest.mark.parametrize("method,structure,opts", [
+    ("dense", "unstructured", {}), ("rigl", "unstructured", {"update_interval": 3}),
+    ("iee", "unstructured", {"H": 2, "J": 2, "Q": 2}), ("iee", "nm", {"H": 2, "J": 2, "Q": 2})])
+def test_the_lm_task_trains_and_reports_validation_perplexity(tmp_path, method, structure, opts):
+    pytest.importorskip("transformers")
+    cfg = C.build({**LM, "method": method, "structure": structure, "method_options": opts,
+                   "out": str(tmp_path / "lm")})
+    s = train(cfg)
+    assert s["steps"] == 2 * s["steps_per_epoch"] > 4
+    assert s["val_perplexity"] == pytest.approx(math.exp(s["test_loss"]))
+    assert 1.0 < s["val_perplexity"] < 256.0  # better than a uniform guess over bytes after a few steps
+    target = {"dense": 1.0, "nm": 0.5}.get(method if method == "dense" else structure, 0.1)
+    assert s["final_density"] == pytest.approx(target, abs=2e-3)
+    epochs = [r for r in map(json.loads, lines(tmp_path / "lm")) if r["event"] == "epoch"]
+    assert [("val_perplexity" in r) for r in epochs] == [True, True]
+    on_disk = json.loads((tmp_path / "lm" / "summary.json").read_text())
+    assert on_disk["val_perplexity"] == s["val_perplexity"]
+
+
+def test_the_lm_task_resumes_bit_identically(tmp_path):
+    pytest.importorskip("transformers")
+    kw = {**LM, "method": "rigl", "method_options": {"update_interval": 3}, "deterministic": True}
+    train(C.build({**kw, "out": str(tmp_path / "full")}))
+    part = C.build({**kw, "out": str(tmp_path / "part")})
+    train(part, stop_after_steps=7)
+    train(part, resume=True)
+    assert lines(tmp_path / "full") == lines(tmp_path / "part")
+    a, b = (ckpt.load(tmp_path / d / "checkpoint.pt") for d in ("full", "part"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -205,7 +205,7 @@ def test_create_resolves_the_structure_variant():
     model = TinyRes()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     m = regrow.create("iee", model, opt, structure="channel", input_shape=(3, 8, 8), cost="flops",
-                      latency_target=0.5, H=2, J=2, Q=2, total_steps=40)
+                      latency_target=0.5, H=2, J=2, Q=2, total_steps=40, end_fraction=0.75)
     assert isinstance(m, regrow.ChannelIEE)
 
 
@@ -273,7 +273,7 @@ def test_random_configurations_keep_every_invariant(config, opt_kind, density, d
 
 # ---- channel methods: the same invariants, all-or-nothing per channel --------------
 CHANNEL = {"halp": dict(prune_steps=3, prune_interval=4),
-           "iee_channel": dict(H=2, J=2, Q=2)}
+           "iee_channel": dict(H=2, J=2, Q=2, end_fraction=0.75)}
 
 
 @pytest.mark.parametrize("opt_kind", ["sgd", "adam"])

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from regrow.methods import sparse_parameters
-from regrow.train.models import MODELS, build_model, count_parameters
+from regrow.train.models import LM_MODELS, MODELS, build_model, count_parameters
 
 IMAGE_MODELS = ["mlp", "lenet5", "wrn22_2", "wrn28_k", "resnet20", "resnet32", "resnet56", "resnet18",
                 "vgg16", "vgg19", "mobilenet_v1"]
@@ -14,7 +14,7 @@ SMALL_KW = {"wrn28_k": {"k": 1}}
 
 
 def test_registry_names():
-    assert set(MODELS.names()) == set(IMAGE_MODELS) | {"cnn1d"}
+    assert set(MODELS.names()) == set(IMAGE_MODELS) | {"cnn1d"} | set(LM_MODELS)
 
 
 def test_unknown_name_lists_allowed_names():
@@ -129,9 +129,10 @@ def test_build_is_deterministic_under_seed():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("shape", [6, (3,), (1, 2, 3, 4), (3, 0, 32), (3, 32.0, 32)])
+@pytest.mark.parametrize("shape", [6, (), (1, 2, 3, 4), (3, 0, 32), (3, 32.0, 32)])
 def test_bad_input_shape(shape):
-    with pytest.raises(ValueError, match="input_shape must be \\(C, L\\) or \\(C, H, W\\) of positive ints"):
+    with pytest.raises(ValueError, match="input_shape must be \\(L,\\) tokens, \\(C, L\\) or \\(C, H, W\\) "
+                                         "of positive ints"):
         build_model("mlp", shape, 10)
 
 
@@ -188,3 +189,61 @@ def test_torch_pruning_traces_residual_channel_coupling():
     group.prune()
     assert model.conv1.out_channels == 14 and all(b.conv2.out_channels == 14 for b in stage1)
     assert model(example).shape == (1, 10)
+
+
+# ----------------------------------------------------------------------------- language models
+
+
+@pytest.mark.parametrize("name,params", [("gpt_tiny", 124_672), ("gpt_small", 842_496)])
+def test_gpt_models_map_tokens_to_next_token_logits(name, params):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = build_model(name, (128,), 256)
+    assert count_parameters(model) == params
+    tokens = torch.randint(0, 256, (2, 128))
+    logits = model(tokens)
+    assert logits.shape == (2, 128, 256)
+    # causal: a change at position 5 leaves the logits of positions 0..4 alone
+    other = tokens.clone()
+    other[:, 5] = (other[:, 5] + 1) % 256
+    changed = model(other)
+    assert torch.allclose(changed[:, :5], logits[:, :5], atol=1e-6)
+    assert not torch.allclose(changed[:, 5:], logits[:, 5:])
+
+
+def test_gpt_sparse_weights_are_the_projections_and_the_tied_embedding_stays_dense():
+    pytest.importorskip("transformers")
+    import warnings
+
+    from regrow.modules import find_sparse_weights
+
+    model = build_model("gpt_tiny", (16,), 256, n_layer=1, n_embd=16, n_head=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing tied or frozen to warn about
+        found = find_sparse_weights(model)
+    assert sorted(found) == [f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj",
+                                                                     "mlp.c_fc", "mlp.c_proj")]
+    assert all(w.input_dim == 0 for w in found.values())  # HF Conv1D stores [in, out]
+    # the output projection is the embedding table itself (GPT-2's weight tying)
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+    assert not model(torch.zeros(1, 4, dtype=torch.long)).any()
+
+
+@pytest.mark.parametrize("opts,message", [
+    ({"n_embd": 30, "n_head": 4}, r"n_embd \(30\) must be a multiple of n_head \(4\)"),
+    ({"n_layer": 0}, "n_layer must be a positive integer"),
+    ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+    ({"vocab": 9}, r"unknown option\(s\) \['vocab'\] for model 'gpt_tiny'"),
+])
+def test_gpt_options_are_checked(opts, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("gpt_tiny", (16,), 256, **opts)
+
+
+def test_token_data_and_image_models_do_not_mix():
+    with pytest.raises(ValueError, match=r"model 'mlp' does not take token sequences.*gpt_tiny, gpt_small"):
+        build_model("mlp", (16,), 256)
+    with pytest.raises(ValueError, match="model 'gpt_tiny' is a language model: it needs token data"):
+        build_model("gpt_tiny", (1, 28, 28), 10)
+    assert set(LM_MODELS) <= set(MODELS.names())

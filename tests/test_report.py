@@ -92,3 +92,41 @@ def test_render_errors_name_the_path(tmp_path):
     (bad / "summary.json").write_text("{")
     with pytest.raises(ValueError, match="summary.json is not valid JSON"):
         report.render(bad)
+
+
+def test_tables_have_as_many_separator_cells_as_header_cells():
+    s = {"method": "iee", "target_density": 0.1, "final_density": 0.1, "test_top1": 0.9, "steps": 10,
+         "train_flops_relative": 0.13, "train_flops_physical_relative": 0.28, "wall_seconds": 1.0}
+    for table in (report.run_table([s]), report.compare_table(report.aggregate([s]))):
+        header, sep, row = table.splitlines()[:3]
+        assert header.count("|") == sep.count("|") == row.count("|")
+
+
+def _columns(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_language_model_runs_get_a_perplexity_column(tmp_path):
+    for seed, ppl in ((0, 8.0), (1, 10.0)):
+        run = make_run(tmp_path / "cmp" / f"iee-d0.1-s{seed}", method="iee", seed=seed)
+        s = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**s, "val_perplexity": ppl}))
+    make_run(tmp_path / "cmp" / "dense-d1-s0", method="dense", density=1.0)  # no figure: shown as –
+    lines = report.render_run(tmp_path / "cmp" / "iee-d0.1-s1").splitlines()
+    head, rule, row = (_columns(x) for x in lines)
+    assert head[4] == "val perplexity" and row[4] == "10.000" and len(rule) == len(head) == len(row)
+    lines = report.render_compare(tmp_path / "cmp", order=["dense", "iee"]).splitlines()
+    head, rule, dense, iee = (_columns(x) for x in lines)
+    assert head[4] == "val perplexity mean ± std" and len(rule) == len(head) == len(dense)
+    assert iee[4] == f"9.000 ± {math.sqrt(2):.3f}" and dense[4] == "–"
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "results.csv")))
+    assert float(rows[1]["val_perplexity_mean"]) == 9.0 and rows[0]["val_perplexity_mean"] == ""
+
+
+def test_classification_tables_have_no_perplexity_and_a_rule_per_column(tmp_path):
+    lines = report.render_run(make_run(tmp_path / "r")).splitlines()
+    assert "perplexity" not in lines[0] and len(_columns(lines[0])) == len(_columns(lines[1]))
+    make_run(tmp_path / "c" / "rigl-d0.1-s0")
+    lines = report.render_compare(tmp_path / "c").splitlines()
+    assert "perplexity" not in lines[0] and len(_columns(lines[0])) == len(_columns(lines[1]))
+    assert "val_perplexity_mean" not in open(tmp_path / "c" / "results.csv").readline()

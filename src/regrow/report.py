@@ -8,6 +8,10 @@
   ``results.md`` (mean ± sample std over seeds per method and density),
   ``plots/accuracy_vs_density.png`` and ``plots/structure.png`` with every dynamic
   method's IoU and survival rate over steps on the same axes (e.g. IEE vs RigL).
+
+Language-model runs (their summaries carry ``val_perplexity``) get a validation
+perplexity column in both tables and in ``results.csv``; their top-1 is next-token
+accuracy.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 STRUCTURE_KEYS = ("iou_grow", "iou_prune", "survival_rate", "exploration_degree")
 CSV_FIELDS = ("method", "density", "seeds", "test_top1_mean", "test_top1_std", "final_density_mean",
               "train_flops_relative_mean", "train_flops_physical_relative_mean", "steps", "wall_seconds_mean")
+PPL_FIELDS = ("val_perplexity_mean", "val_perplexity_std")  # added where the runs are language models
 
 
 def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
@@ -128,13 +133,20 @@ def _flops(v) -> str:
 FLOPS_HEADER = "train FLOPs (× dense): paper | physical"
 
 
+def _ppl(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def run_table(summaries: List[Dict[str, Any]]) -> str:
-    lines = [f"| method | target | final density | test top-1 (%) | {FLOPS_HEADER} | steps | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lm = any("val_perplexity" in s for s in summaries)
+    ppl_head, ppl_rule = (" val perplexity |", "---|") if lm else ("", "")
+    lines = [f"| method | target | final density | test top-1 (%) |{ppl_head} {FLOPS_HEADER} | steps | wall (s) |",
+             f"|---|---|---|---|{ppl_rule}---|---|---|---|"]  # FLOPS_HEADER is two columns
     for s in summaries:
+        ppl = f" {_ppl(s.get('val_perplexity'))} |" if lm else ""
         lines.append(
             f"| {s.get('method')} | {_target(s)} | {s.get('final_density', 0):.4f} | "
-            f"{_pct(s.get('test_top1'))} | {_flops(s.get('train_flops_relative'))} | "
+            f"{_pct(s.get('test_top1'))} |{ppl} {_flops(s.get('train_flops_relative'))} | "
             f"{_flops(s.get('train_flops_physical_relative'))} | {s.get('steps')} | "
             f"{s.get('wall_seconds', 0):.1f} |")
     return "\n".join(lines)
@@ -167,7 +179,11 @@ def aggregate(summaries: List[Dict[str, Any]], order: List[str] = ()) -> List[Di
         flops = [r["train_flops_relative"] for r in runs if r.get("train_flops_relative") is not None]
         physical = [r["train_flops_physical_relative"] for r in runs
                     if r.get("train_flops_physical_relative") is not None]
+        ppl = [r["val_perplexity"] for r in runs if r.get("val_perplexity") is not None]
+        lm = any("val_perplexity" in r for r in runs)
         rows.append({
+            **({"val_perplexity_mean": mean_std(ppl)[0] if ppl else None,
+                "val_perplexity_std": mean_std(ppl)[1] if ppl else None} if lm else {}),
             "method": method, "density": density, "seeds": len(runs),
             "test_top1_mean": top1[0], "test_top1_std": top1[1],
             "final_density_mean": mean_std([r["final_density"] for r in runs])[0],
@@ -180,12 +196,19 @@ def aggregate(summaries: List[Dict[str, Any]], order: List[str] = ()) -> List[Di
 
 
 def compare_table(rows: List[Dict[str, Any]]) -> str:
-    lines = [f"| method | density | seeds | test top-1 (%) mean ± std | final density | {FLOPS_HEADER} | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lm = any("val_perplexity_mean" in r for r in rows)
+    ppl_head, ppl_rule = (" val perplexity mean ± std |", "---|") if lm else ("", "")
+    lines = [f"| method | density | seeds | test top-1 (%) mean ± std |{ppl_head} final density | {FLOPS_HEADER} "
+             f"| wall (s) |",
+             f"|---|---|---|---|{ppl_rule}---|---|---|---|"]  # FLOPS_HEADER is two columns
     for r in rows:
+        ppl = ""
+        if lm:
+            ppl = (" – |" if r.get("val_perplexity_mean") is None else
+                   f" {r['val_perplexity_mean']:.3f} ± {r['val_perplexity_std']:.3f} |")
         lines.append(
             f"| {r['method']} | {r['density']:g} | {r['seeds']} | {100 * r['test_top1_mean']:.2f} ± "
-            f"{100 * r['test_top1_std']:.2f} | {r['final_density_mean']:.4f} | "
+            f"{100 * r['test_top1_std']:.2f} |{ppl} {r['final_density_mean']:.4f} | "
             f"{_flops(r['train_flops_relative_mean'])} | {_flops(r.get('train_flops_physical_relative_mean'))} | "
             f"{r['wall_seconds_mean']:.1f} |")
     return "\n".join(lines)
@@ -204,8 +227,9 @@ def render_compare(compare_dir, order: List[str] = (), runs: Optional[List[Path]
     if not order and grid.is_file():  # the order `regrow compare` ran the methods in
         order = json.loads(grid.read_text()).get("methods", [])
     rows = aggregate(summaries, list(order))
+    lm = any("val_perplexity_mean" in r for r in rows)
     with open(compare_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS + (PPL_FIELDS if lm else ()))
         w.writeheader()
         for r in rows:
             w.writerow(r)

@@ -16,7 +16,10 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
+import shlex
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -62,7 +65,7 @@ CHANNEL_METHOD_FLAGS = {
                            "network (under torchrun every rank slims at the same step and DDP is rebuilt)"),
 }
 # Run fields with their own handling (not a plain --flag VALUE).
-SPECIAL = ("method_options", "model_options", "synthetic", "out", "method", "density", "seed")
+SPECIAL = ("method_options", "model_options", "data_options", "synthetic", "out", "method", "density", "seed")
 
 
 def _field_type(f: dataclasses.Field) -> type:
@@ -115,6 +118,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> Non
                    help="method option, repeatable (e.g. --opt update_interval=50 --opt criterion=gradient)")
     p.add_argument("--model-opt", action="append", default=S, metavar="KEY=VALUE", dest="model_opt",
                    help="model builder option, repeatable (e.g. --model-opt hidden=[64,32])")
+    p.add_argument("--data-opt", action="append", default=S, metavar="KEY=VALUE", dest="data_opt",
+                   help="option of the text datasets fortunes and text, repeatable (block_size, val_fraction)")
     p.add_argument("--synthetic", action="append", default=S, metavar="KEY=VALUE",
                    help="option of the synthetic dataset, repeatable (shape, num_classes, train_size, test_size, noise)")
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
@@ -127,6 +132,8 @@ def flag_layer(args: argparse.Namespace) -> Dict[str, Any]:
     layer = {k: v for k, v in ns.items() if k in C.FIELDS and k not in ("method_options", "synthetic")}
     if ns.get("model_opt"):
         layer["model_options"] = dict(C.parse_opt(t) for t in ns["model_opt"])
+    if ns.get("data_opt"):
+        layer["data_options"] = dict(C.parse_opt(t) for t in ns["data_opt"])
     opts: Dict[str, Any] = {}
     for text in ns.get("opt", []) or []:
         k, v = C.parse_opt(text)
@@ -250,6 +257,13 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="train every cell from scratch, also cells that are finished or were run "
                         "with other settings (without it such cells are refused with a list)")
+    p.add_argument("--plan", nargs="?", const="-", default=None, metavar="FILE",
+                   help="check the grid and write it as one command per cell ('regrow compare ... --cell I') "
+                        "to FILE (no FILE or '-': stdout), training nothing; any scheduler (a Slurm array, "
+                        "Ray, GNU parallel, xargs -P) runs the lines, then 'regrow report OUT' aggregates")
+    p.add_argument("--cell", type=int, default=None, metavar="I",
+                   help="run only cell I (0-based, the order of --plan) of the grid; no table is written "
+                        "(other cells may be running): 'regrow report OUT' aggregates the finished ones")
     add_run_arguments(p, single=False)
 
 
@@ -312,12 +326,70 @@ def _cells(methods, densities, seeds):
                 yield method, density, seed
 
 
+def cell_name(method: str, density: float, seed: int) -> str:
+    """A grid cell's run directory under the compare directory."""
+    return f"{method}-d{density:g}-s{seed}"
+
+
+def _without_plan(argv: Sequence[str]) -> List[str]:
+    """``argv`` less its ``--plan [FILE]`` (or an abbreviation argparse accepted)."""
+    out: List[str] = []
+    skip = False
+    for i, tok in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        flag = tok.split("=", 1)[0]
+        if len(flag) >= 4 and "--plan".startswith(flag):
+            # "--plan FILE": the next token is the file unless it is an option
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            skip = "=" not in tok and nxt is not None and (nxt == "-" or not nxt.startswith("-"))
+            continue
+        out.append(tok)
+    return out
+
+
+def plan_lines(argv: Sequence[str], n_cells: int, prefix: str = "regrow") -> List[str]:
+    """One shell command per cell: the compare command line ``argv`` (as given, less
+    ``--plan``) with ``--cell I``."""
+    base = _without_plan(argv)
+    return [shlex.join([*shlex.split(prefix), *base, "--cell", str(i)]) for i in range(n_cells)]
+
+
+def _write_shared(path: Path, text: str) -> None:
+    """Write a file several cells may write at once with the same text (compare.json): left
+    alone when it already says ``text``, else replaced atomically through a temp file of
+    this process's own (never another writer's)."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _compare(args: argparse.Namespace) -> int:
     from ..report import render_compare
-    from ..train import checkpoint as ckpt
     from ..train.loop import train
 
     _check_stop(args.stop_after_steps)
+    if args.plan is not None and args.cell is not None:
+        raise ValueError("--plan writes every cell's command and --cell runs one: give one of them")
+    argv = getattr(args, "_argv", sys.argv[1:])
+    if args.plan is not None:  # the cell commands must mean this command: parse one back
+        again = vars(build_parser().parse_args(_without_plan(argv) + ["--cell", "0"]))
+        ignore = ("plan", "cell", "_argv", "_run")
+        if {k: v for k, v in again.items() if k not in ignore} != {k: v for k, v in vars(args).items()
+                                                                    if k not in ignore}:
+            raise ValueError(f"could not take --plan out of the command line {argv}; give it as --plan=FILE")
     file_values, methods, densities, seeds, per_method = compare_grid(args)
     out = Path(args.out or "runs/compare")
     flags = flag_layer(args)
@@ -327,13 +399,20 @@ def _compare(args: argparse.Namespace) -> int:
     options = cell_options(methods, common, per_method, structure)
     cells = []
     for method, density, seed in _cells(methods, densities, seeds):
-        cell_out = out / f"{method}-d{density:g}-s{seed}"
+        cell_out = out / cell_name(method, density, seed)
         cfg = C.build(file_values, flags, {"method": method, "density": density, "seed": seed,
                                            "out": str(cell_out), "method_options": options[method]})
         C.validate(cfg)  # every cell is checked before the first one trains
         from ..train.loop import check_method_config
         check_method_config(cfg)
         cells.append(cfg)
+    total = len(cells)
+    numbers = list(range(1, total + 1))
+    if args.cell is not None:
+        if not 0 <= args.cell < total:
+            raise ValueError(f"--cell must be in 0..{total - 1} (the grid has {total} cells; "
+                             f"'regrow compare ... --plan' lists them), got {args.cell}")
+        cells, numbers = [cells[args.cell]], [args.cell + 1]
     plan = plan_cells(cells, args.overwrite)
     bad = [(cfg, why) for cfg, (action, why) in zip(cells, plan) if action == "refuse"]
     if bad:
@@ -349,18 +428,37 @@ def _compare(args: argparse.Namespace) -> int:
             train(cfg, check_only=True)
             checked.add(key)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_text(out / "compare.json", json.dumps(
-        {"methods": methods, "densities": densities, "seeds": seeds}, indent=2) + "\n")
+    _write_shared(out / "compare.json", json.dumps(
+        {"methods": methods, "densities": densities, "seeds": seeds,
+         "cells": [cell_name(m, d, s) for m, d, s in _cells(methods, densities, seeds)]}, indent=2) + "\n")
+    if args.plan is not None:
+        lines = plan_lines(argv, total)
+        text = "".join(line + "\n" for line in lines)
+        if args.plan == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.plan).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.plan).write_text(text)
+            print(f"{total} cell command(s) written to {args.plan}; run them with any scheduler, then "
+                  f"'regrow report {out}'", file=sys.stderr)
+        return 0
     t0 = time.perf_counter()
-    for i, (cfg, (action, _)) in enumerate(zip(cells, plan), 1):
+    for i, cfg, (action, _) in zip(numbers, cells, plan):
         if action == "keep":
-            print(f"[{i}/{len(cells)}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: kept", flush=True)
+            print(f"[{i}/{total}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: kept", flush=True)
             continue
         s = train(cfg, resume=action == "resume", overwrite=action in ("overwrite", "restart"),
                   stop_after_steps=args.stop_after_steps)
         if _is_main() and "test_top1" in s:
-            print(f"[{i}/{len(cells)}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: "
-                  f"top-1 {100 * s['test_top1']:.2f}%  ({s['wall_seconds']:.1f} s)", flush=True)
+            print(f"[{i}/{total}] {cfg.method} d={cfg.density:g} seed={cfg.seed}: "
+                  f"top-1 {100 * s['test_top1']:.2f}%"
+                  + (f", val perplexity {s['val_perplexity']:.3f}" if "val_perplexity" in s else "")
+                  + f"  ({s['wall_seconds']:.1f} s)", flush=True)
+    if args.cell is not None:
+        if _is_main():
+            print(f"cell {args.cell} of {out}: {cells[0].out}; 'regrow report {out}' aggregates the "
+                  "finished cells")
+        return 0
     runs = [Path(c.out) for c in cells]
     if _is_main() and not any((r / "summary.json").is_file() for r in runs):
         print(f"no cell finished yet; continue with the same 'regrow compare' command ({out})")
@@ -425,6 +523,16 @@ def _report(args: argparse.Namespace) -> int:
     from ..report import render
 
     print(render(args.path))
+    grid = Path(args.path) / "compare.json"
+    if grid.is_file() and not (Path(args.path) / "summary.json").is_file():
+        try:
+            names = [n for n in json.loads(grid.read_text()).get("cells") or [] if isinstance(n, str)]
+        except (ValueError, AttributeError, TypeError):
+            names = []
+        missing = [n for n in names if not (Path(args.path) / n / "summary.json").is_file()]
+        if missing:  # on stderr: stdout stays the table
+            print(f"{len(names) - len(missing)} of {len(names)} cells of the grid have finished; not yet: "
+                  f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", file=sys.stderr)
     return 0
 
 
@@ -459,7 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args._argv = argv  # compare --plan writes each cell's command from it
     from ..train.distributed import RankMismatch
 
     try:

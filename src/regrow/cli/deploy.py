@@ -27,7 +27,7 @@ def load_sparse_run(run_dir: str) -> Dict[str, Any]:
     cfg = C.from_dict(state["config"])
     C.check_stored_data_root(cfg.data_root, run_dir)  # a downloaded run brings no data of its own
     bundle = load_dataset(cfg.data, cfg.data_root, seed=cfg.seed, augment=False, image_size=cfg.image_size,
-                          synthetic=cfg.synthetic)
+                          synthetic=cfg.synthetic, options=cfg.data_options)
     shape, num_classes = tuple(bundle.input_shape), int(bundle.num_classes)
     options = dict(cfg.model_options or {})
     model = build_model(cfg.model, shape, num_classes, **options)

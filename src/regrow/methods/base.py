@@ -221,8 +221,8 @@ class SparseMethod(metaclass=_MethodMeta):
         check_in_optimizer(self.params, optimizer)
         self._pristine = Pristine(self.params, optimizer)
         self.structure = make_structure(cfg.structure, cfg.n, cfg.m)
-        for n, p in self.params.items():
-            self.structure.check(n, to_canonical(p, self.input_dims[n]).shape)
+        for n in self.params:
+            self.structure.check(n, self._canonical_shape(n))
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self._metrics: List[Dict[str, Any]] = []
         targets = self.initial_targets()

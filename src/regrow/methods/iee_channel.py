@@ -15,8 +15,17 @@ snapshot in ``SparseState``); only the unit and the selection change:
   channels whose latency fits back into Ψ; Ω_t = α_t·Ψ is a latency amount.
 
 From scratch (``init='random'``) the start is a random channel structure meeting Ψ (a
-knapsack over random importances); ``init='criterion'`` starts from the model it is
-given (e.g. pretrained) and keeps the channels of largest Σ|γ| within Ψ.
+knapsack over random importances). From the model it is given (``init='criterion'``,
+e.g. pretrained) it follows HALP's exponential scheduler (appendix §3, Shen et al. 2022
+§4) by default: it starts with every channel and IEE step k of T prunes and grows within
+Ψ_k = D·(Ψ/D)^(k/T), D the dense cost, so the model descends gradually and step T lands
+on Ψ; ``budget_schedule='constant'`` keeps the channels of largest Σ|γ| within Ψ from the
+start instead.
+
+Structure updates end early by default, as in the paper (appendix §3: "the update with
+IEE for latency-constrained structured sparsity will instead end at the 5th epoch" of
+130): ``end_fraction`` = 5/130. Ω_t = α_t·Ψ_k with α_t from ``fraction_schedule``
+(cosine by default).
 """
 from __future__ import annotations
 
@@ -27,11 +36,16 @@ import torch
 
 from .. import metrics as mask_metrics
 from ..optim import zero_optimizer_state_
+from ..schedules import exponential_ratio
 from .channel import ChannelConfig, ChannelMethod
 from .base import METHODS
 from .iee import (
     BEFORE, CYCLES_DONE, FRACTION, IEE, KEPT, OMEGA, PHASE, IEEConfig, iee_cycles,
 )
+
+
+BUDGET_SCHEDULES = ("exponential", "constant")
+PSI = "iee.psi"   # Ψ_k of the IEE step between its prune and its grow
 
 
 @dataclass
@@ -40,10 +54,15 @@ class ChannelIEEConfig(ChannelConfig, IEEConfig):
     fields (input_shape, cost, latency_table, latency_target | latency_ms, ...). The
     criterion is Taylor on BatchNorm. slim_after: once the last IEE step is done (the
     structure stops changing) slim the model in place, so the remaining iterations run on
-    the physically smaller network (``--slim-after-updates``)."""
+    the physically smaller network (``--slim-after-updates``). end_fraction: updates end at
+    5/130 of the run (the paper's 5th of 130 epochs). budget_schedule: ``exponential``
+    (from a given model, ``init='criterion'``: descend from the dense cost to Ψ over the
+    IEE steps, HALP's scheduler) or ``constant`` (Ψ from the start)."""
 
     criterion: str = "taylor"
     slim_after: bool = False
+    end_fraction: float = 5 / 130
+    budget_schedule: str = "exponential"
 
 
 @METHODS.register("iee_channel")
@@ -63,6 +82,9 @@ class ChannelIEE(ChannelMethod, IEE):
             raise ValueError("grow_by must be 'criterion' for channel IEE (the knapsack grows by importance)")
         if not isinstance(cfg.slim_after, bool):
             raise ValueError(f"slim_after must be true or false, got {cfg.slim_after!r}")
+        if cfg.budget_schedule not in BUDGET_SCHEDULES:
+            raise ValueError(f"budget_schedule must be one of {', '.join(BUDGET_SCHEDULES)}; "
+                             f"got {cfg.budget_schedule!r}")
 
     def __init__(self, *args, **kwargs):
         ChannelMethod.__init__(self, *args, **kwargs)
@@ -70,8 +92,10 @@ class ChannelIEE(ChannelMethod, IEE):
         self.cycles = iee_cycles(cfg.total_steps, cfg.end_fraction, cfg.H, cfg.J, cfg.Q)
         if self.cycles < 1:
             raise ValueError(
-                f"no IEE step fits: T_end = {self.t_end} steps is shorter than ΔT = H + J + Q = "
-                f"{cfg.update_interval}; lower H, J, Q or train longer"
+                f"no IEE step fits: T_end = {self.t_end} steps (end_fraction {cfg.end_fraction:.4g} × "
+                f"total_steps {cfg.total_steps}; the paper's structured protocol ends updates at 5/130 "
+                f"of the run) is shorter than ΔT = H + J + Q = {cfg.update_interval}; lower H, J, Q, "
+                f"raise end_fraction or train longer"
             )
         self._accumulates = True
         ids = {id(p) for p in self.params.values()}
@@ -96,11 +120,27 @@ class ChannelIEE(ChannelMethod, IEE):
         # reactivated channels also track BN statistics during Reactivate & Explore
         return super()._explored() + [(self.stats[n], m) for n, m in self._stat_masks.items()]
 
+    # ---- the budget ------------------------------------------------------------------
+    @property
+    def descends(self) -> bool:
+        """Whether the budget descends from the dense cost (a given model, HALP's scheduler)."""
+        return self.config.init == "criterion" and self.config.budget_schedule == "exponential"
+
+    def step_budget(self, k: int) -> float:
+        """Ψ_k, the latency budget of IEE step k (1-based): D·(Ψ/D)^(k/T) when descending,
+        else Ψ."""
+        if not self.descends:
+            return self.budget
+        return self.dense_cost * exponential_ratio(k, self.cycles, self.budget / self.dense_cost)
+
     # ---- start -----------------------------------------------------------------------
     def initial_channels(self) -> Dict[str, torch.Tensor]:
-        """A structure meeting Ψ: knapsack over random importances (``init='random'``) or
-        Σ|γ| of the group's BNs (``init='criterion'``, e.g. from a pretrained model)."""
+        """Every channel when descending from a given model; otherwise a structure meeting
+        Ψ: knapsack over random importances (``init='random'``) or Σ|γ| of the group's BNs
+        (``init='criterion'``, ``budget_schedule='constant'``)."""
         full = {g.name: torch.ones(g.size, dtype=torch.bool, device=self.example.device) for g in self.groups}
+        if self.descends:
+            return full
         none = {k: ~v for k, v in full.items()}
         if self.config.init == "random":
             imp = {g.name: torch.rand(g.size, generator=self.generator) for g in self.groups}
@@ -140,21 +180,24 @@ class ChannelIEE(ChannelMethod, IEE):
 
     def _prune(self, i: int) -> None:
         fraction = self.update_fraction(i)
-        omega = fraction * self.budget
+        psi = self.step_budget(self.state.counters[CYCLES_DONE] + 1)
+        omega = fraction * psi
         imp = self._take_importance()
         active = self.channels
         none = {k: torch.zeros_like(v) for k, v in active.items()}
         lo = {g.name: self.config.min_channels for g in self.groups}
-        new = self.knapsack(imp, active, none, self.budget - omega, lo)
+        new = self.knapsack(imp, active, none, psi - omega, lo)
         before = dict(self.state.masks)
         self.commit_channels(new, record=False)   # pruned values -> dormant, zero state
         record = mask_metrics.record_prune(self.state, before, self.state.masks)
         self.state.buffers[BEFORE] = {n: m.clone() for n, m in before.items()}
         self.state.counters[OMEGA] = omega
+        self.state.counters[PSI] = psi
         self.state.counters[FRACTION] = fraction
         self.state.counters[KEPT] = {n: int(torch.count_nonzero(m)) for n, m in self.state.masks.items()}
         self.state.counters[PHASE] = "reduced"
-        self.log({"step": self.state.step, "event": "prune", "fraction": fraction, "omega": omega, **record,
+        self.log({"step": self.state.step, "event": "prune", "fraction": fraction, "omega": omega,
+                  "step_budget": psi, **record,
                   **self.structure_record()})
 
     def _grow(self, i: int) -> None:
@@ -163,9 +206,10 @@ class ChannelIEE(ChannelMethod, IEE):
             self._restore_frozen_state()
         kept = dict(self.state.masks)
         self.state.counters.pop(OMEGA)
+        psi = self.state.counters.pop(PSI)
         fraction = self.state.counters.pop(FRACTION)
         active = self.channels
-        new = self.knapsack(imp, {k: ~v for k, v in active.items()}, active, self.budget)
+        new = self.knapsack(imp, {k: ~v for k, v in active.items()}, active, psi)
         for n in self.names:
             p, d = self.params[n], self.state.dormant[n]
             with torch.no_grad():
@@ -178,5 +222,5 @@ class ChannelIEE(ChannelMethod, IEE):
         record = mask_metrics.record_grow(self.state, before, kept, self.state.masks)
         self.state.counters.pop(KEPT)
         self.state.counters[CYCLES_DONE] += 1
-        self.log({"step": self.state.step, "event": "grow", "fraction": fraction, **record,
+        self.log({"step": self.state.step, "event": "grow", "fraction": fraction, "step_budget": psi, **record,
                   **self.structure_record()})

@@ -52,6 +52,7 @@ class RunConfig:
     data: str = _f("mnist1d", "dataset (registry name)")
     data_root: Optional[str] = _f(None, "dataset directory (fashion-mnist, mnist, cifar*, imagefolder)")
     synthetic: Optional[Dict[str, Any]] = _f(None, "options of the synthetic dataset (shape, num_classes, train_size, ...)")
+    data_options: Dict[str, Any] = _f({}, "options of the text datasets fortunes and text (block_size, val_fraction)")
     augment: bool = _f(True, "standard training augmentation where the dataset has one")
     image_size: Optional[int] = _f(None, "resize/crop size for imagefolder")
     density: float = _f(0.1, "fraction of sparse weights kept, in (0, 1]")
@@ -122,7 +123,7 @@ def coerce(name: str, value: Any) -> Any:
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"synthetic must be a mapping of option: value, got {value!r}")
         return None if value is None else dict(value)
-    if name in ("method_options", "model_options"):
+    if name in ("method_options", "model_options", "data_options"):
         if not isinstance(value, dict):
             raise ValueError(f"{name} must be a mapping of option: value, got {value!r}")
         return dict(value)
@@ -189,7 +190,7 @@ def split_sections(data: Dict[str, Any], source: str = "config") -> tuple:
 def build(*layers: Dict[str, Any]) -> RunConfig:
     """Merge dicts of field values in order (later wins; method_options merge key by key)."""
     values: Dict[str, Any] = {}
-    options: Dict[str, Dict[str, Any]] = {"method_options": {}, "model_options": {}}
+    options: Dict[str, Dict[str, Any]] = {"method_options": {}, "model_options": {}, "data_options": {}}
     for layer in layers:
         for k, v in layer.items():
             if k not in FIELDS:
@@ -256,6 +257,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not cfg.model.startswith("tv:"):
         models_mod.MODELS.get(cfg.model)
     data_mod.DATASETS.get(cfg.data)
+    data_mod.check_options(cfg.data, cfg.data_options)
     if cfg.synthetic is not None and cfg.data != "synthetic":
         raise ValueError(f"synthetic options only apply to data 'synthetic', not {cfg.data!r}")
     from ..distributions import DISTRIBUTIONS
@@ -388,10 +390,16 @@ OPERATIONAL = ("out", "quiet", "device", "threads", "num_workers", "data_root", 
                "log_every", "eval_every", "checkpoint_every", "dist_timeout", "compile")
 
 
+# Fields added after runs were fingerprinted: left out of the identity while they hold
+# their default, so the fingerprints of runs made before them stay what they were.
+LATER_FIELDS = ("data_options",)  # each empty by default
+
+
 def identity(cfg: Any) -> Dict[str, Any]:
     """The fields of a resolved config that decide what a run computes."""
     d = cfg.to_dict() if isinstance(cfg, RunConfig) else build(cfg).to_dict()
-    return {k: v for k, v in d.items() if k not in OPERATIONAL}
+    return {k: v for k, v in d.items() if k not in OPERATIONAL
+            and not (k in LATER_FIELDS and not v)}
 
 
 def fingerprint(cfg: Any) -> str:

@@ -1,11 +1,15 @@
 """Datasets for the experiment harness, by name: ``load_dataset("mnist1d")``.
 
-Every loader returns a :class:`DatasetBundle` whose datasets yield ``(x, y)`` with
-``x`` a float tensor of shape ``input_shape`` and ``y`` an int64 class index.
+Every loader returns a :class:`DatasetBundle` whose datasets yield ``(x, y)``. For
+``task="classification"`` ``x`` is a float tensor of shape ``input_shape`` and ``y``
+an int64 class index; for ``task="lm"`` (the text datasets ``fortunes`` and ``text``)
+``x`` is a block of ``block_size`` int64 byte tokens and ``y`` the same block shifted
+by one (next-token targets), with ``num_classes`` = 256, the byte vocabulary.
 Nothing is downloaded: generated datasets (``mnist1d``, ``synthetic``) are built in
-code, scikit-learn's ``digits`` ships with scikit-learn, and every other dataset is
-read from a directory the user gives (``root``), with an error naming the path and
-the expected layout when it is missing or malformed.
+code, scikit-learn's ``digits`` ships with scikit-learn, ``fortunes`` is read from
+Debian's ``fortunes`` package, and every other dataset is read from a directory the
+user gives (``root``), with an error naming the path and the expected layout when it
+is missing or malformed.
 
 Small datasets are ``TensorDataset``s held in memory and standardised once (zero
 mean, unit variance per channel, statistics from the training split), so the
@@ -15,8 +19,10 @@ per-item transforms because their training augmentation is random per sample.
 from __future__ import annotations
 
 import gzip
+import inspect
 import pickle
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -27,10 +33,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from ..registry import Registry
+from .tasks import TASKS
 
 DATASETS: Registry[Callable[..., "DatasetBundle"]] = Registry("dataset")
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+FORTUNES_ROOT = "/usr/share/games/fortunes"  # Debian's fortunes package
 
 
 @dataclass
@@ -42,6 +50,9 @@ class DatasetBundle:
     input_shape: Tuple[int, ...]  # (C, *spatial), without the batch dimension
     num_classes: int
     name: str
+    # "classification": y is one class per sample; "lm": y is the next token at every
+    # position of x (the loop's loss and evaluation follow this, see train/tasks.py)
+    task: str = "classification"
 
 
 def load_dataset(
@@ -52,6 +63,7 @@ def load_dataset(
     augment: bool = True,
     image_size: Optional[int] = None,
     synthetic: Optional[Dict[str, Any]] = None,
+    options: Optional[Dict[str, Any]] = None,
 ) -> DatasetBundle:
     """Load dataset ``name`` (see ``DATASETS.names()``).
 
@@ -61,16 +73,37 @@ def load_dataset(
     ``augment``: standard training augmentation where the dataset has one (CIFAR,
     ImageFolder). ``image_size``: side length to resize 2-D images to.
     ``synthetic``: options of the ``synthetic`` dataset (see :func:`_synthetic`).
+    ``options``: options of the text datasets (``block_size``, ``val_fraction``; see
+    ``TEXT_DEFAULTS``).
     """
     loader = DATASETS.get(name)
     if synthetic is not None and name != "synthetic":
         raise ValueError(f"the synthetic option only applies to data 'synthetic', not '{name}'")
+    takes_options = check_options(name, options)
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or image_size <= 0):
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    extra = {"options": dict(options or {})} if takes_options else {}
     bundle = loader(root=None if root is None else Path(root), seed=int(seed), augment=bool(augment),
-                    image_size=image_size, synthetic=synthetic)
+                    image_size=image_size, synthetic=synthetic, **extra)
+    assert bundle.task in TASKS, bundle.task
     return bundle
+
+
+def _takes_options(name: str) -> bool:
+    return "options" in inspect.signature(DATASETS.get(name)).parameters
+
+
+def check_options(name: str, options: Optional[Dict[str, Any]]) -> bool:
+    """Check ``options`` (``data_options``) for dataset ``name``; return whether it takes any."""
+    if not _takes_options(name):
+        if options:
+            with_options = [n for n in DATASETS.names() if _takes_options(n)]
+            raise ValueError(f"data options {sorted(options)} do not apply to data '{name}'; only the text "
+                             f"datasets ({', '.join(with_options)}) take options")
+        return False
+    _text_options(options, name)
+    return True
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -481,3 +514,103 @@ def _imagefolder(*, root: Optional[Path], augment: bool, image_size: Optional[in
         raise ValueError(f"data 'imagefolder': class folders differ between {train_dir} ({len(train.classes)}) "
                          f"and {eval_dir} ({len(test.classes)}); they must hold the same class names")
     return DatasetBundle(train, test, (3, size, size), len(train.classes), "imagefolder")
+
+
+# ----------------------------------------------------------------------------- text (language modelling)
+
+TEXT_DEFAULTS: Dict[str, Any] = {"block_size": 128, "val_fraction": 0.1}
+VOCAB_SIZE = 256  # byte-level tokens: nothing to train or download, any text encodes
+
+
+def _text_options(options: Optional[Dict[str, Any]], name: str) -> Tuple[int, float]:
+    opts = dict(TEXT_DEFAULTS)
+    given = dict(options or {})
+    unknown = sorted(set(given) - set(opts))
+    if unknown:
+        raise ValueError(f"unknown data option(s) {unknown} for '{name}'; allowed: {sorted(opts)}")
+    opts.update(given)
+    block, frac = opts["block_size"], opts["val_fraction"]
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"data option block_size must be a positive integer, got {block!r}")
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
+        raise ValueError(f"data option val_fraction must be a number in (0, 1), got {frac!r}")
+    return block, float(frac)
+
+
+def _blocks(stream: bytes, block: int, what: str) -> TensorDataset:
+    """Non-overlapping blocks of ``block`` byte tokens and their next-token targets."""
+    n = (len(stream) - 1) // block
+    if n < 1:
+        raise ValueError(f"{what} holds {len(stream)} bytes, fewer than one block of block_size + 1 = "
+                         f"{block + 1}; lower the data option block_size or use more text")
+    t = torch.frombuffer(bytearray(stream[:n * block + 1]), dtype=torch.uint8).long()
+    return TensorDataset(t[:-1].view(n, block), t[1:].view(n, block))
+
+
+def _lm_bundle(name: str, train: bytes, val: bytes, block: int) -> DatasetBundle:
+    return DatasetBundle(_blocks(train, block, f"the training split of '{name}'"),
+                         _blocks(val, block, f"the validation split of '{name}'"),
+                         (block,), VOCAB_SIZE, name, task="lm")
+
+
+FORTUNE_SEPARATOR = re.compile(rb"^%\n", re.MULTILINE)
+
+
+def fortune_files(root: Path) -> list:
+    """The fortune files of a fortune directory: regular files whose name has no suffix
+    (``literature``, not its ``literature.dat`` index; Debian's ``*.u8`` are symlinks)."""
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and not p.suffix)
+
+
+@DATASETS.register("fortunes")
+def _fortunes(*, root: Optional[Path], seed: int, options: Dict[str, Any], **_: Any) -> DatasetBundle:
+    """English text for language modelling: the fortune-cookie files of Debian's ``fortunes``
+    package (``apt-get install fortunes``: quotations, literature, jokes, definitions,
+    computing lore; about 2.6 MB in 50 files, BSD licence), byte-level tokens.
+
+    A file is records separated by lines holding a single ``%``. The records of every
+    file are pooled and split by a permutation drawn from ``seed``: the last
+    ``val_fraction`` of them are the validation split, so both splits hold every kind of
+    text. Each split is its records joined with the ``%`` lines, cut into non-overlapping
+    blocks of ``block_size`` tokens (the last partial block is dropped). ``root`` is a
+    directory in the same format (default: where the Debian package installs them).
+    """
+    block, frac = _text_options(options, "fortunes")
+    base = root or Path(FORTUNES_ROOT)
+    if not base.is_dir():
+        hint = ("install Debian's fortunes package (apt-get install fortunes) or pass a directory of "
+                "fortune files as the data root") if root is None else "expected a directory of fortune files"
+        raise FileNotFoundError(f"data 'fortunes': {base} is not a directory; {hint}")
+    files = fortune_files(base)
+    records = [r for f in files for r in FORTUNE_SEPARATOR.split(f.read_bytes()) if r.strip()]
+    if len(records) < 2:
+        raise FileNotFoundError(f"data 'fortunes': {base} holds {len(records)} fortune record(s) in "
+                                f"{len(files)} file(s); expected files of records separated by '%' lines "
+                                "(Debian's fortunes package: apt-get install fortunes)")
+    records = [r if r.endswith(b"\n") else r + b"\n" for r in records]
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(len(records) - 1, max(1, round(frac * len(records))))
+    join = lambda idx: b"".join(records[i] + b"%\n" for i in idx)  # noqa: E731
+    return _lm_bundle("fortunes", join(order[:-n_val]), join(order[-n_val:]), block)
+
+
+@DATASETS.register("text")
+def _text(*, root: Optional[Path], options: Dict[str, Any], **_: Any) -> DatasetBundle:
+    """Your own text for language modelling, byte-level tokens: ``root`` is a text file,
+    or a directory whose ``*.txt`` files are read in name order and concatenated. The
+    first 1 − ``val_fraction`` of the bytes train, the rest validate (the split of
+    character-level LM benchmarks such as tiny-shakespeare)."""
+    block, frac = _text_options(options, "text")
+    if root is None:
+        raise ValueError("data 'text' needs a data root (root=/--data-root): a text file or a directory of *.txt files")
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(root.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"data 'text': {root} holds no *.txt files")
+    else:
+        raise FileNotFoundError(f"data 'text': {root} is neither a file nor a directory")
+    stream = b"".join(f.read_bytes() for f in files)
+    cut = int(round(len(stream) * (1 - frac)))
+    return _lm_bundle("text", stream[:cut], stream[cut:], block)

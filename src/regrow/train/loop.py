@@ -34,7 +34,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..version import __version__
@@ -44,6 +43,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import RunConfig, data_seed, dump, fingerprint, validate
 from .lock import RunLock
+from .tasks import TASKS, Task
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -183,11 +183,12 @@ def check_method_config(cfg: RunConfig) -> None:
     probe.validate_config()
 
 
-def loss_fn_for(label_smoothing: float) -> Callable[[nn.Module, Any], torch.Tensor]:
+def loss_fn_for(label_smoothing: float, task: Task = TASKS.get("classification")
+                ) -> Callable[[nn.Module, Any], torch.Tensor]:
     def loss_fn(model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
         dev = next(model.parameters()).device
-        return F.cross_entropy(model(x.to(dev)), y.to(dev), label_smoothing=label_smoothing)
+        return task.loss(model(x.to(dev)), y.to(dev), label_smoothing)
     return loss_fn
 
 
@@ -230,16 +231,10 @@ class _Writer:
             self.f.close()
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
-    if k == 1:
-        return int((logits.argmax(dim=1) == y).sum())
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    return int((top == y.unsqueeze(1)).any(dim=1).sum())
-
-
 def evaluate(model: nn.Module, loader, ctx: dist_utils.Context, *, amp: bool, channels_last: bool,
-             num_classes: int) -> Dict[str, float]:
+             num_classes: int, task: Task = TASKS.get("classification")) -> Dict[str, float]:
+    """Loss and top-1/top-5 over ``loader`` (summed over ranks), as ``task`` reports them
+    (language models add ``val_perplexity``)."""
     model.eval()
     totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1, top-5, count
     with torch.no_grad():
@@ -250,16 +245,13 @@ def evaluate(model: nn.Module, loader, ctx: dist_utils.Context, *, amp: bool, ch
             with _autocast(amp, ctx.device):
                 logits = model(x)
             logits = logits.float()
-            totals[0] += float(F.cross_entropy(logits, y, reduction="sum"))
-            totals[1] += _accuracy(logits, y, 1)
-            totals[2] += _accuracy(logits, y, 5)
+            totals[0] += float(task.loss(logits, y, reduction="sum"))
+            totals[1] += task.hits(logits, y, 1)
+            totals[2] += task.hits(logits, y, 5)
             totals[3] += y.numel()
     loss, top1, top5, n = dist_utils.all_sum(ctx, totals)
     model.train()
-    out = {"test_loss": loss / max(n, 1), "test_acc": top1 / max(n, 1)}
-    if num_classes >= 10:
-        out["test_top5"] = top5 / max(n, 1)
-    return out
+    return task.metrics(loss, top1, top5, n, num_classes)
 
 
 def _autocast(amp: bool, device: torch.device):
@@ -390,7 +382,8 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
     set_deterministic(cfg.deterministic, ctx.device)
     seed_everything(cfg.seed)
     bundle = load_dataset(cfg.data, cfg.data_root, seed=data_seed(cfg), augment=cfg.augment,
-                          image_size=cfg.image_size, synthetic=cfg.synthetic)
+                          image_size=cfg.image_size, synthetic=cfg.synthetic, options=cfg.data_options)
+    task = TASKS.get(bundle.task)
     try:
         model = build_model(cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options)
     except TypeError as e:
@@ -438,9 +431,11 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         shuffle=False, num_workers=cfg.num_workers, pin_memory=pin, generator=torch.Generator())
 
     # dense pre-training behind --pretrained (IEE appendix §3: 3·ζ_D per sample)
-    ledger = FlopsLedger(model, method, bundle.input_shape,
+    # one real sample traces the FLOPs (token models need integer input, not zeros of a float shape)
+    ledger = FlopsLedger(model, method, bundle.input_shape if bundle.task == "classification"
+                         else bundle.train[0][0][None].to(ctx.device),
                          pretrain_samples=pretrain_samples(cfg, len(bundle.train)) if state is None else 0)
-    loss_fn = loss_fn_for(cfg.label_smoothing)
+    loss_fn = loss_fn_for(cfg.label_smoothing, task)
     if check_only:
         return {}
 
@@ -550,8 +545,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 with sync:
                     with amp_ctx:
                         logits = fnet(x)
-                        loss = F.cross_entropy(logits.float() if cfg.amp else logits, y,
-                                               label_smoothing=cfg.label_smoothing)
+                        loss = task.loss(logits.float() if cfg.amp else logits, y, cfg.label_smoothing)
                     # the mean over micro-batches (no extra autograd node without accumulation)
                     (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
                 n_y = y.numel()
@@ -595,7 +589,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 if log_now:
                     # accuracy of the logged step's (last micro-)batch only: a per-step
                     # accuracy costs more than the whole rest of the loop on small models
-                    correct = _accuracy(logits.detach(), y, 1)
+                    correct = task.hits(logits.detach(), y, 1)
                     loss_sum, seen, correct, n = dist_utils.all_sum(ctx, window + [correct, y.numel()])
                     rec = {"event": "train", "step": step, "epoch": ep, "loss": loss_sum / seen,
                            "batch_acc": correct / n, "lr": lr, "density": method.density()}
@@ -623,7 +617,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 # the bare model: DDP's forward would sync buffers over uneven eval shards
                 with method.evaluation():  # the sparse model the method stands for (IEE: Θ_K only)
                     ev = evaluate(model, test_loader, ctx, amp=cfg.amp, channels_last=cfg.channels_last,
-                                  num_classes=bundle.num_classes)
+                                  num_classes=bundle.num_classes, task=task)
                 rec.update(ev)
                 loop["last_eval"] = ev
             if ctx.distributed:
@@ -650,6 +644,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
         "per_layer_density": method.layer_densities(),
         "test_top1": loop["last_eval"].get("test_acc"), "test_loss": loop["last_eval"].get("test_loss"),
         **({"test_top5": loop["last_eval"]["test_top5"]} if "test_top5" in loop["last_eval"] else {}),
+        **({"val_perplexity": loop["last_eval"]["val_perplexity"]} if "val_perplexity" in loop["last_eval"] else {}),
         **loop.get("last_train", {}),
         "steps": step, "epochs": cfg.epochs, "steps_per_epoch": spe, "total_steps": total_steps,
         "batch_size": cfg.batch_size, "world_size": ctx.world_size, "device": str(ctx.device),

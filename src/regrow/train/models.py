@@ -9,6 +9,10 @@ refuses 2-D input, with a ValueError saying which models fit.
 ``tv:<name>`` builds any torchvision classification model (``weights=None``;
 nothing is downloaded) with its first convolution's input channels and its
 classifier's outputs adapted to the dataset.
+
+Language models (``gpt_tiny``, ``gpt_small``; names in ``LM_MODELS``) take token
+sequences: ``input_shape`` is ``(block_size,)`` and ``num_classes`` the vocabulary.
+They are built from a config (Hugging Face ``transformers``' GPT-2), nothing downloaded.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from ..registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+LM_MODELS = ("gpt_tiny", "gpt_small")  # models of token sequences (task "lm")
 
 TV_PREFIX = "tv:"
 
@@ -33,15 +38,22 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwarg
     ``num_classes`` outputs. ``kwargs`` are the model's own options (e.g. ``k`` for
     ``wrn28_k``); unknown ones raise a ValueError listing the allowed options."""
     shape = tuple(input_shape) if isinstance(input_shape, (list, tuple, torch.Size)) else None
-    if (shape is None or len(shape) not in (2, 3)
+    if (shape is None or len(shape) not in (1, 2, 3)
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-        raise ValueError(f"input_shape must be (C, L) or (C, H, W) of positive ints, got {input_shape!r}")
+        raise ValueError(f"input_shape must be (L,) tokens, (C, L) or (C, H, W) of positive ints, "
+                         f"got {input_shape!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if isinstance(name, str) and name.startswith(TV_PREFIX):
         return _torchvision(name[len(TV_PREFIX):], shape, num_classes, **kwargs)
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; allowed: {', '.join(model_names())}")
+    if (len(shape) == 1) != (name in LM_MODELS):
+        if len(shape) == 1:
+            raise ValueError(f"model '{name}' does not take token sequences (input_shape {shape}, from a text "
+                             f"dataset); language models: {', '.join(LM_MODELS)}")
+        raise ValueError(f"model '{name}' is a language model: it needs token data (a text dataset such as "
+                         f"fortunes or text), got input_shape {shape}")
     builder = MODELS.get(name)
     options = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes")]
     unknown = sorted(set(kwargs) - set(options))
@@ -452,3 +464,65 @@ def _torchvision(name: str, input_shape: Tuple[int, ...], num_classes: int, **kw
         parent_name, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model
+
+
+# ----------------------------------------------------------------------------- GPT (language models)
+
+
+class GPTLM(nn.Module):
+    """A GPT-2 decoder (Radford et al. 2019) for next-token prediction: Hugging Face
+    ``transformers``' ``GPT2Model`` built from a ``GPT2Config`` (nothing downloaded), with
+    the output projection tied to the token embedding as in GPT-2's ``lm_head``.
+
+    ``forward(tokens)`` maps int64 tokens ``[B, T]`` to logits ``[B, T, vocab]``. The
+    tied projection is ``F.linear`` on the embedding table rather than a ``Linear``
+    module, so weight discovery sees only the attention and MLP projections (HF
+    ``Conv1D``, sparse along their true input dimension) and the embeddings stay dense.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import GPT2Model
+
+        self.transformer = GPT2Model(config)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.transformer(input_ids=tokens).last_hidden_state
+        return F.linear(hidden, self.transformer.wte.weight)
+
+
+def _gpt(name: str, input_shape, num_classes: int, n_layer: int, n_embd: int, n_head: int,
+         dropout: float) -> nn.Module:
+    for key, v in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} option {key} must be a positive integer, got {v!r}")
+    if n_embd % n_head:
+        raise ValueError(f"{name} option n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+    dropout = _check_dropout(dropout)
+    try:
+        from transformers import GPT2Config
+    except ImportError:
+        raise ImportError(f"model '{name}' needs Hugging Face transformers: "
+                          "pip install 'regrow[transformers]'") from None
+    (block,) = input_shape
+    config = GPT2Config(vocab_size=num_classes, n_positions=block, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                        use_cache=False, bos_token_id=None, eos_token_id=None)
+    return GPTLM(config)
+
+
+@MODELS.register("gpt_tiny")
+def gpt_tiny(input_shape, num_classes, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
+             dropout: float = 0.0) -> nn.Module:
+    """GPT-2 architecture at 2 layers, width 64, 4 heads: 0.12M parameters with a byte
+    vocabulary and 128 positions (a test- and CPU-sized language model)."""
+    return _gpt("gpt_tiny", input_shape, num_classes, n_layer, n_embd, n_head, dropout)
+
+
+@MODELS.register("gpt_small")
+def gpt_small(input_shape, num_classes, n_layer: int = 4, n_embd: int = 128, n_head: int = 4,
+              dropout: float = 0.0) -> nn.Module:
+    """GPT-2 architecture at 4 layers, width 128, 4 heads: 0.84M parameters with a byte
+    vocabulary and 128 positions (not GPT-2 "small", which is 12 x 768: set n_layer,
+    n_embd, n_head to grow it)."""
+    return _gpt("gpt_small", input_shape, num_classes, n_layer, n_embd, n_head, dropout)
