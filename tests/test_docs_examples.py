@@ -41,12 +41,23 @@ def rel(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
+def command_dir(tmp: Path) -> Path:
+    """``regrow`` and ``torchrun`` as executables running this checkout (also for the
+    shells a block starts itself, e.g. ``xargs sh -c`` over a ``--plan`` file)."""
+    bin_dir = tmp / ".bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, module in (("regrow", "regrow"), ("torchrun", "torch.distributed.run")):
+        exe = bin_dir / name
+        exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+        exe.chmod(0o755)
+    return bin_dir
+
+
 def run_shell(code: str, where: str, cwd: Path) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               REGROW_PY=sys.executable, OMP_NUM_THREADS="1", NO_MKDOCS_2_WARNING="1")
-    prelude = ('regrow() { "$REGROW_PY" -m regrow "$@"; }\n'
-               'torchrun() { "$REGROW_PY" -m torch.distributed.run "$@"; }\n')
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", prelude + code], cwd=cwd, env=env,
+               PATH=os.pathsep.join([str(command_dir(cwd)), os.environ.get("PATH", "")]),
+               OMP_NUM_THREADS="1", NO_MKDOCS_2_WARNING="1")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{where} failed ({done.returncode}):\n{code}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
