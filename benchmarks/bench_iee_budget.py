@@ -43,6 +43,8 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee-q-half": lambda k: [f"Q={max(1, k // 2)}"],         # shorter Reactivate & Explore
     "iee-tend-0.5": lambda k: ["end_fraction=0.5"],          # IEE steps over half the run
     "iee-nofreeze": lambda k: ["freeze=false"],              # reference: not IEE's idea
+    "iee-period-2x": lambda k: [f"H={2 * k}", f"J={2 * k}", f"Q={2 * k}"],   # fewer, longer IEE steps
+    "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
     "iee-budget": lambda k: ["budget_aware=true"],           # the preset
 }
 

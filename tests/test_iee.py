@@ -620,3 +620,14 @@ def test_lr_clock_is_validated():
         make(lr_clock="wall")
     with pytest.warns(UserWarning, match="lr_clock"):
         make(lr_clock="trained", freeze=False)
+
+
+def test_budget_aware_preset_is_the_trained_clock_and_off_by_default():
+    _, _, paper = make()
+    assert paper.config.lr_clock == "step" and paper.config.budget_aware is False
+    _, _, a = make(budget_aware=True)
+    _, _, b = make(lr_clock="trained")
+    assert a.config.lr_clock == "trained"
+    assert [a.lr_step(s) for s in range(40)] == [b.lr_step(s) for s in range(40)]
+    with pytest.raises(ValueError, match="budget_aware"):
+        make(budget_aware="yes")

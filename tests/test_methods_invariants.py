@@ -41,7 +41,7 @@ CASES = _cases()
 # ``lr_step`` as regrow's loop does (IEE's ``lr_clock`` acts through it).
 OPTION_CASES = [
     pytest.param("iee", structure, density, opts, id=f"iee-{structure}-{density}-{'-'.join(map(str, opts.values()))}")
-    for opts in ({"lr_clock": "trained"},)
+    for opts in ({"lr_clock": "trained"}, {"budget_aware": True})
     for structure, density in (("unstructured", 0.1), ("unstructured", 0.02), ("nm", None))
 ]
 

@@ -47,7 +47,8 @@ Improvement), ``grow_init`` (``dormant`` = MRU | ``zero``), ``grow_by``
 
 Budget-aware options (issue 15, not in the paper; the defaults are the paper's method):
 ``lr_clock="trained"`` runs the LR schedule on Θ_K's own clock, which stands still
-during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`).
+during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
+``budget_aware=True`` is the preset of what measured better at short budgets.
 """
 from __future__ import annotations
 
@@ -79,6 +80,8 @@ SNAP_PARAM = SNAP + "param"
 SNAP_OPT = SNAP + "opt."
 
 STAGES = ("estimate", "improve", "explore", "train")
+# what ``budget_aware=True`` sets (issue 15)
+BUDGET_AWARE = {"lr_clock": "trained"}
 
 
 def iee_cycles(total_steps: int, end_fraction: float, H: int, J: int, Q: int) -> int:
@@ -183,6 +186,9 @@ class IEEConfig(DynamicConfig):
         frozen Reactivate & Explore steps no longer burn its high-LR phase. Used through
         :meth:`IEE.lr_step`, which regrow's training loop calls; a loop of your own
         evaluates its schedule at ``method.lr_step(step)``.
+    budget_aware: the preset of the options that measured better at short budgets
+        (benchmarks/RESULTS.md, issue 15): ``True`` sets ``lr_clock="trained"``, whatever
+        ``lr_clock`` says. ``False`` (default) leaves every option as given.
     """
 
     update_interval: Optional[int] = None
@@ -196,6 +202,7 @@ class IEEConfig(DynamicConfig):
     init: str = "random"
     unused_init: str = "zero"
     lr_clock: str = "step"
+    budget_aware: bool = False
 
 
 @METHODS.register("iee")
@@ -215,6 +222,10 @@ class IEE(SparseMethod):
             v = getattr(cfg, field)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{field} must be an integer >= {low}, got {v!r}")
+        if not isinstance(cfg.budget_aware, bool):
+            raise ValueError(f"budget_aware must be true or false, got {cfg.budget_aware!r}")
+        if cfg.budget_aware:
+            cfg = dataclasses.replace(cfg, **BUDGET_AWARE)
         # ΔT is H + J + Q; a shared update_interval (a compare grid passes one to every
         # dynamic method) does not apply to IEE and is replaced
         self.config = dataclasses.replace(cfg, update_interval=cfg.H + cfg.J + cfg.Q)
