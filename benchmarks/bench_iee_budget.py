@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 STEPS_PER_EPOCH = {"mnist1d": 31}   # 4000 samples, batch 128, last partial batch dropped
-BASELINES = ("dense", "set", "rigl")
+BASELINES = ("dense", "set", "rigl", "rigl-0.5x")   # rigl-0.5x: ΔT = 3·(k // 2), as iee-*-0.5x
 # IEE variants: group name -> extra --opt switches given H = J = Q = k (``iee`` is the
 # paper's method; each other one changes one thing, except the preset)
 VARIANTS: Dict[str, Callable[[int], List[str]]] = {
@@ -45,6 +45,8 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee-nofreeze": lambda k: ["freeze=false"],              # reference: not IEE's idea
     "iee-period-2x": lambda k: [f"H={2 * k}", f"J={2 * k}", f"Q={2 * k}"],   # fewer, longer IEE steps
     "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
+    "iee-period-0.25x": lambda k: [f"H={max(2, k // 4)}", f"J={max(2, k // 4)}", f"Q={max(2, k // 4)}"],
+    "iee-lrclock-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained"],
     "iee-budget": lambda k: ["budget_aware=true"],           # the preset
 }
 
@@ -55,8 +57,11 @@ def hjq(epochs: int, data: str) -> int:
 
 def run(out: Path, epochs: int, group: str, densities: str, seeds: str, data: str, extra: List[str]) -> None:
     k = hjq(epochs, data)
+    dt = 3 * k
     if group in BASELINES:
-        methods, opts = group, []
+        methods, opts = group.split("-")[0], []
+        if group == "rigl-0.5x":
+            dt = 3 * (k // 2)
     else:
         methods = "iee"
         opts = [f"H={k}", f"J={k}", f"Q={k}", *VARIANTS[group](k)]
@@ -65,7 +70,7 @@ def run(out: Path, epochs: int, group: str, densities: str, seeds: str, data: st
            "--epochs", str(epochs), "--batch-size", "128", "--optimizer", "sgd", "--lr", "0.1",
            "--momentum", "0.9", "--weight-decay", "5e-4", "--schedule", "cosine", "--device", "cpu",
            "--quiet", "--threads", "1", "--eval-every", "100000", "--log-every", "100000", "--deterministic",
-           "--update-interval", str(3 * k), "--out", str(out / f"e{epochs}" / group), *extra]
+           "--update-interval", str(dt), "--out", str(out / f"e{epochs}" / group), *extra]
     for o in opts:
         cmd += ["--opt", o]
     print("$", " ".join(cmd), flush=True)
@@ -96,38 +101,65 @@ def fmt(x: Optional[float], spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def report(out: Path, groups: List[str]) -> None:
+def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, budgets_shown=None) -> None:
     budgets = sorted(int(p.name[1:]) for p in out.glob("e*") if p.name[1:].isdigit())
-    rows = {}   # (epochs, group/method, density) -> list of summaries
+    rows: Dict[tuple, List[dict]] = {}   # (epochs, group, density) -> summaries
     for e in budgets:
         for g in sorted(p.name for p in (out / f"e{e}").iterdir() if p.is_dir()):
             for s in cells(out / f"e{e}" / g):
-                name = g
-                rows.setdefault((e, name, s["target_density"]), []).append(s)
-    names = [n for n in ("dense", "set", "rigl") if any(k[1] == n for k in rows)]
-    names += [g for g in VARIANTS if any(k[1] == g for k in rows) and (not groups or g in groups)]
+                rows.setdefault((e, g, s["target_density"]), []).append(s)
+    names = [n for n in BASELINES if any(k[1] == n for k in rows)]
+    names += [g for g in VARIANTS if any(k[1] == g for k in rows)]
+    if show:
+        names = [n for n in show if n in names]
+    if budgets_shown:
+        budgets = [e for e in budgets if e in budgets_shown]
     densities = sorted({k[2] for k in rows if k[2] < 1}, reverse=True)
+
+    def get(e, n, dens):
+        return rows.get((e, n, 1.0 if n == "dense" else dens), [])
+
     for dens in densities:
-        print(f"\n### cnn1d on mnist1d, density {dens:g} ERK: test top-1 (%), 3-seed mean ± std "
-              f"[final-epoch train loss | mean survival | physical train FLOPs × dense]\n")
-        print("| epochs (steps) | H = J = Q | " + " | ".join(names) + " | IEE − RigL |")
-        print("|---|---|" + "---|" * len(names) + "---|")
+        print(f"\n### cnn1d on mnist1d, density {dens:g} ERK: test top-1 (%), mean ± std over seeds "
+              f"(n = seeds where not 3)\n")
+        print("| epochs (steps) | H = J = Q | " + " | ".join(names) + " | iee − rigl | iee-lrclock − rigl | iee-lrclock-0.5x − best rigl |")
+        print("|---|---|" + "---|" * len(names) + "---|---|---|")
         for e in budgets:
             cols, acc = [], {}
             for n in names:
-                ss = rows.get((e, n, 1.0 if n == "dense" else dens), [])
+                ss = get(e, n, dens)
                 if not ss:
                     cols.append("—")
                     continue
                 top = [100 * s["test_top1"] for s in ss]
                 acc[n] = statistics.mean(top)
                 sd = statistics.stdev(top) if len(top) > 1 else 0.0
-                surv = mean([s["_survival"] for s in ss if s["_survival"] is not None])
-                cols.append(f"{acc[n]:.2f} ± {sd:.2f} (n={len(ss)}) [{fmt(mean([s['train_loss'] for s in ss]), '.3f')}"
-                            f" \\| {fmt(surv, '.3f')} \\| {fmt(mean([s['train_flops_physical_relative'] for s in ss]), '.3f')}]")
-            diff = f"{acc['iee'] - acc['rigl']:+.2f}" if "iee" in acc and "rigl" in acc else "—"
+                cell = f"{acc[n]:.2f} ± {sd:.2f}" + ("" if len(ss) == 3 else f" (n={len(ss)})")
+                if per_seed:
+                    cell += " (" + ", ".join(f"{t:.1f}" for t in top) + ")"
+                cols.append(cell)
+            diffs = [f"{acc[v] - acc['rigl']:+.2f}" if v in acc and "rigl" in acc else "—"
+                     for v in ("iee", "iee-lrclock")]
+            diffs.append(f"{acc['iee-lrclock-0.5x'] - max(acc['rigl'], acc.get('rigl-0.5x', 0)):+.2f}"
+                         if "iee-lrclock-0.5x" in acc and "rigl" in acc else "—")
             print(f"| {e} ({e * STEPS_PER_EPOCH['mnist1d']}) | {hjq(e, 'mnist1d')} | " + " | ".join(cols)
-                  + f" | {diff} |")
+                  + " | " + " | ".join(diffs) + " |")
+        print(f"\nSame cells, density {dens:g}: final-epoch training loss / mean survival rate (over "
+              f"updates and seeds) / physical training FLOPs (× dense, train_flops_physical_relative)\n")
+        shown = [n for n in names if n not in ("dense",)]
+        print("| epochs | " + " | ".join(shown) + " |")
+        print("|---|" + "---|" * len(shown))
+        for e in budgets:
+            cols = []
+            for n in shown:
+                ss = get(e, n, dens)
+                if not ss:
+                    cols.append("—")
+                    continue
+                surv = mean([s["_survival"] for s in ss if s["_survival"] is not None])
+                cols.append(f"{mean([s['train_loss'] for s in ss]):.3f} / {fmt(surv, '.3f')} / "
+                            f"{mean([s['train_flops_physical_relative'] for s in ss]):.3f}")
+            print(f"| {e} | " + " | ".join(cols) + " |")
 
 
 def main() -> None:
@@ -140,6 +172,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--data", default="mnist1d", choices=sorted(STEPS_PER_EPOCH))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--per-seed", action="store_true", help="print every seed's top-1 in the table")
+    ap.add_argument("--show", default="", help="report only these groups (comma-separated), in this order")
     args, extra = ap.parse_known_args()
     out = Path(args.out)
     groups = [g for g in args.groups.split(",") if g]
@@ -150,7 +184,8 @@ def main() -> None:
         for e in (int(x) for x in args.epochs.split(",")):
             for g in groups:
                 run(out, e, g, args.densities, args.seeds, args.data, extra)
-    report(out, [])
+    shown_budgets = [int(x) for x in args.epochs.split(",")] if args.report_only else None
+    report(out, args.per_seed, [g for g in args.show.split(",") if g], shown_budgets)
 
 
 if __name__ == "__main__":
