@@ -122,9 +122,9 @@ def iee_frozen_before(i: int, H: int, J: int, Q: int, cycles: int) -> int:
 def iee_lr_step(step: int, total_steps: int, H: int, J: int, Q: int, cycles: int) -> float:
     """The schedule step of optimizer step ``step`` (0-based, iteration i = step + 1) on
     Θ_K's clock (``lr_clock="trained"``): the clock advances only in iterations that
-    train Θ_K, and runs T / (T − T·Q) times faster there, T·Q = cycles · Q being every
-    frozen iteration, so that Θ_K's trained steps cover the whole schedule and it ends
-    where the user's schedule ends:
+    train Θ_K, and there T / (T − cycles·Q) times faster (cycles·Q: every frozen
+    iteration of the run), so that Θ_K's trained steps cover the whole schedule and it
+    ends where the user's schedule ends:
 
         s_K = (step − F(step + 1)) · T / (T − cycles·Q),   F = :func:`iee_frozen_before`.
 
@@ -233,7 +233,7 @@ class IEE(SparseMethod):
         cfg = self.config
         for field, allowed in (("grow_init", ("dormant", "zero")), ("grow_by", ("criterion", "random")),
                                ("init", ("random", "criterion")), ("unused_init", ("zero", "weights")),
-                ("lr_clock", ("step", "trained"))):
+                               ("lr_clock", ("step", "trained"))):
             if getattr(cfg, field) not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(cfg, field)!r}")
         if not isinstance(cfg.freeze, bool):
