@@ -5,6 +5,7 @@ the middle of every stage."""
 from __future__ import annotations
 
 import copy
+import math
 import io
 
 import pytest
@@ -15,7 +16,8 @@ from torch import nn
 
 import regrow
 from regrow import metrics
-from regrow.methods.iee import iee_cycles, iee_events, iee_stage
+from regrow.methods.iee import iee_cycles, iee_events, iee_frozen_before, iee_lr_step, iee_stage
+from regrow.train.loop import StepSchedule, lr_factor
 
 
 class MLP(nn.Module):
@@ -565,3 +567,94 @@ def test_selection_prunes_the_least_and_grows_the_most_important():
                 assert w[grown].abs().min() >= d[not_grown].abs().max(), n
                 moved["grow"] += int(grown.sum())
     assert moved["prune"] > 0 and moved["grow"] == moved["prune"]
+
+
+# ---- lr_clock: Θ_K's LR clock (issue 15) ------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 5), st.integers(1, 6), st.integers(0, 6), st.integers(0, 120))
+def test_frozen_count_is_the_number_of_explore_iterations_before(H, J, Q, cycles, i):
+    brute = sum(iee_stage(j, H, J, Q, cycles) == "explore" for j in range(1, i))
+    assert iee_frozen_before(i, H, J, Q, cycles) == brute
+
+
+def test_paper_clock_is_the_step():
+    _, _, m = make()
+    assert [m.lr_step(s) for s in range(40)] == list(range(40))
+    with pytest.warns(UserWarning, match="lr_clock"):   # nothing is frozen: warned, no effect
+        _, _, m = make(lr_clock="trained", freeze=False)
+    assert [m.lr_step(s) for s in range(40)] == list(range(40))
+
+
+def _lr_trace(**cfg):
+    """The LR each optimizer step runs at, set as regrow's loop sets it (cosine, on
+    ``method.lr_step``), and the stage of that step."""
+    model, opt, m = make(**cfg)
+    total = m.config.total_steps
+    sched = StepSchedule(opt, lambda s: lr_factor(m.lr_step(s), schedule="cosine", total_steps=total,
+                                                  warmup_steps=0, step_size=1, gamma=1.0))
+    lrs, stages = [], []
+    for s in range(total):   # optimizer step s is IEE iteration s + 1
+        lrs.append(opt.param_groups[0]["lr"])
+        stages.append(m.stage(s + 1))
+        train(model, opt, m, 1, start=s + 1)
+        sched.set(s + 1)
+    return m, lrs, stages
+
+
+def test_trained_clock_stands_still_for_k_frozen_steps_and_ends_the_schedule():
+    # H = 2, J = 3, Q = 2, T = 40: ΔT = 7, T_end = 30, 4 IEE steps, 8 frozen steps
+    m, lrs, stages = _lr_trace(lr_clock="trained")
+    T, F = 40, m.cycles * 2
+    assert m.cycles == 4
+    cos = [0.1 * lr_factor(x, schedule="cosine", total_steps=T, warmup_steps=0, step_size=1, gamma=1.0)
+           for x in range(T)]
+    frozen_seen = 0
+    for s, (lr, stage) in enumerate(zip(lrs, stages)):
+        # Θ_K's effective LR after k frozen steps: that of trained step s − k on the
+        # schedule stretched over the T − F steps that train Θ_K
+        want = 0.1 * 0.5 * (1 + math.cos(math.pi * (s - frozen_seen) / (T - F)))
+        assert lr == pytest.approx(want, abs=1e-12), (s, stage)
+        if s > 0:
+            # the clock stands still over the frozen steps: the step after a frozen one
+            # runs at its LR (the next frozen one, or Θ_K's next trained one)
+            assert (lrs[s] == lrs[s - 1]) == (stages[s - 1] == "explore"), s
+            assert lrs[s] <= lrs[s - 1], s
+        frozen_seen += stage == "explore"
+    assert frozen_seen == F
+    # the paper's clock spends the (high) LR of the frozen steps on nothing: Θ_K's
+    # trained steps get less of the schedule than on its own clock
+    _, paper, _ = _lr_trace()
+    assert paper == pytest.approx(cos, abs=1e-12)
+    trained = [s for s in range(T) if stages[s] != "explore"]
+    assert sum(lrs[s] for s in trained) > sum(paper[s] for s in trained) + 0.05
+    # the schedule still ends where the user's ends
+    assert m.lr_step(T - 1) == pytest.approx((T - 1 - F) * T / (T - F))
+    assert iee_lr_step(T, T, 2, 3, 2, 4) == pytest.approx(T)
+
+
+def test_trained_clock_changes_nothing_but_the_lr():
+    """Without a schedule (constant LR) lr_clock has nothing to act on: bit-identical."""
+    runs = []
+    for clock in ("step", "trained"):
+        model, opt, m = make(lr_clock=clock)
+        train(model, opt, m, 40)
+        runs.append([t.clone() for t in model.state_dict().values()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_lr_clock_is_validated():
+    with pytest.raises(ValueError, match="lr_clock"):
+        make(lr_clock="wall")
+    with pytest.warns(UserWarning, match="lr_clock"):
+        make(lr_clock="trained", freeze=False)
+
+
+def test_budget_aware_preset_is_the_trained_clock_and_off_by_default():
+    _, _, paper = make()
+    assert paper.config.lr_clock == "step" and paper.config.budget_aware is False
+    _, _, a = make(budget_aware=True)
+    _, _, b = make(lr_clock="trained")
+    assert a.config.lr_clock == "trained"
+    assert [a.lr_step(s) for s in range(40)] == [b.lr_step(s) for s in range(40)]
+    with pytest.raises(ValueError, match="budget_aware"):
+        make(budget_aware="yes")

@@ -189,3 +189,18 @@ def test_slim_after_the_last_update_then_train_on_the_smaller_network():
     assert s["params_dense"] == n_dense and s["params"] == sum(p.numel() for p in m.parameters())
     assert s["macs"] < s["macs_dense"] and s["predicted"] <= s["budget"] * (1 + 1e-9)
     assert s["latency_ms"] > 0 and s["latency_ms_dense"] > 0 and s["throughput"] > 0
+
+
+def test_lr_clock_is_inherited_and_stands_still_on_frozen_steps():
+    """Channel IEE freezes Θ_K in Reactivate & Explore too: lr_clock='trained' (and the
+    budget_aware preset) move its LR clock as for unstructured IEE; the default is the step."""
+    from regrow.methods.iee import iee_lr_step
+
+    _, _, paper = make()
+    assert [paper.lr_step(s) for s in range(40)] == list(range(40))
+    for kw in ({"lr_clock": "trained"}, {"budget_aware": True}):
+        _, _, meth = make(**kw)
+        clock = [meth.lr_step(s) for s in range(40)]
+        assert clock == [iee_lr_step(s, 40, 2, 2, 2, meth.cycles) for s in range(40)]
+        explore = [s for s in range(1, 40) if meth.stage(s + 1) == "explore" and meth.stage(s) == "explore"]
+        assert explore and all(clock[s] == clock[s - 1] for s in explore)

@@ -305,3 +305,12 @@ def test_resuming_a_longer_run_warns_that_schedules_follow_the_new_length(tmp_pa
     with pytest.warns(UserWarning, match="total_steps=6 then, 9 now"):
         _trainer([cb], max_epochs=3).fit(Net(), _data(), ckpt_path=str(tmp_path / "epoch=1-step=6.ckpt"))
     assert cb.sparsity.state.step == 9 and cb.sparsity.config.total_steps == 9
+
+
+def test_lr_clock_under_a_framework_scheduler_warns_that_it_has_no_effect():
+    from regrow.integrations._common import MethodSpec
+    spec = MethodSpec("iee", {"H": 2, "J": 2, "Q": 2, "lr_clock": "trained"})
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="lr_clock='trained' .* no effect"):
+        spec.build(model, opt, 40, None)

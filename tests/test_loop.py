@@ -339,3 +339,21 @@ def test_the_lm_task_resumes_bit_identically(tmp_path):
     assert lines(tmp_path / "full") == lines(tmp_path / "part")
     a, b = (ckpt.load(tmp_path / d / "checkpoint.pt") for d in ("full", "part"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_loop_runs_the_schedule_on_the_methods_lr_step(tmp_path):
+    """IEE with lr_clock='trained': the loop evaluates the schedule at method.lr_step
+    (Θ_K's clock stands still during Reactivate & Explore, issue 15)."""
+    from regrow.methods.iee import iee_cycles, iee_lr_step
+
+    opts = {"H": 2, "J": 2, "Q": 2, "lr_clock": "trained"}
+    train(tiny(tmp_path, method="iee", method_options=opts, epochs=4, log_every=1, schedule="cosine"))
+    recs = _records(tmp_path / "run", "train")
+    total = 24   # 96 samples / 16 per batch × 4 epochs
+    cycles = iee_cycles(total, 0.75, 2, 2, 2)
+    assert [r["step"] for r in recs] == list(range(1, total + 1))
+    # the LR logged at step k is that of optimizer step k − 1
+    want = [0.1 * lr_factor(iee_lr_step(k - 1, total, 2, 2, 2, cycles), schedule="cosine", total_steps=total,
+                            warmup_steps=0, step_size=1, gamma=1.0) for k in range(1, total + 1)]
+    assert [r["lr"] for r in recs] == pytest.approx(want)
+    assert len(set(r["lr"] for r in recs)) < total   # it stood still on frozen steps

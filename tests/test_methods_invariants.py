@@ -11,6 +11,7 @@ from torch import nn
 
 import regrow
 from conftest import TinyNet, tiny_batch, tiny_loss
+from regrow.train.loop import StepSchedule, lr_factor
 
 TOTAL = 40
 # Generic knobs that make short runs update often; each method only gets the keys
@@ -35,6 +36,21 @@ def _cases():
 
 
 CASES = _cases()
+
+# Options that are not GENERIC knobs but change what a method does step by step: each
+# runs through the same invariants, with a cosine LR schedule evaluated at the method's
+# ``lr_step`` as regrow's loop does (IEE's ``lr_clock`` acts through it).
+OPTION_CASES = [
+    pytest.param("iee", structure, density, opts, id=f"iee-{structure}-{density}-{'-'.join(map(str, opts.values()))}")
+    for opts in ({"lr_clock": "trained"}, {"budget_aware": True})
+    for structure, density in (("unstructured", 0.1), ("unstructured", 0.02), ("nm", None))
+]
+
+
+def scheduled(method, optimizer):
+    """Sets the LR of optimizer step s (0-based) the way regrow's loop does."""
+    return StepSchedule(optimizer, lambda s: lr_factor(method.lr_step(s), schedule="cosine", total_steps=TOTAL,
+                                                      warmup_steps=0, step_size=1, gamma=1.0))
 
 
 def build(name, structure, density, model, optimizer, **extra):
@@ -94,15 +110,28 @@ def check_invariants(method, optimizer, prev_masks, step):
 @pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
 @pytest.mark.parametrize("name,structure,density", CASES)
 def test_invariants_every_step(name, structure, density, opt_kind):
+    _invariants_every_step(name, structure, density, opt_kind, {})
+
+
+@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
+@pytest.mark.parametrize("name,structure,density,opts", OPTION_CASES)
+def test_option_invariants_every_step(name, structure, density, opts, opt_kind):
+    _invariants_every_step(name, structure, density, opt_kind, opts)
+
+
+def _invariants_every_step(name, structure, density, opt_kind, opts):
     torch.manual_seed(0)
     model = TinyNet()
     opt = make_opt(opt_kind, model)
-    method = build(name, structure, density, model, opt)
+    method = build(name, structure, density, model, opt, **opts)
+    sched = scheduled(method, opt) if opts else None
     prev = {n: m.clone() for n, m in method.state.masks.items()}
     check_invariants(method, opt, prev, 0)
     changed = False
     for step in range(1, TOTAL + 1):
         train_step(method, model, opt, step)
+        if sched is not None:
+            sched.set(step)
         full = check_invariants(method, opt, prev, step)
         if structure == "nm" and full and name != "dense":
             for n, mask in method.state.masks.items():
@@ -137,23 +166,47 @@ def _compare_states(a, b):
 
 @pytest.mark.parametrize("name,structure,density", [c for c in CASES if c.values[2] in (0.1, None)])
 def test_state_dict_round_trip_resumes_bit_exactly(name, structure, density):
+    _round_trip(name, structure, density, {})
+
+
+@pytest.mark.parametrize("name,structure,density,opts", [c for c in OPTION_CASES if c.values[2] in (0.1, None)])
+def test_option_state_dict_round_trip_resumes_bit_exactly(name, structure, density, opts):
+    # with GENERIC's H = J = Q = 2 (ΔT = 6) the stop after step 10 lies inside
+    # Reactivate & Explore: iterations 10 and 11 are frozen ones
+    _round_trip(name, structure, density, opts)
+
+
+def _round_trip(name, structure, density, opts):
     torch.manual_seed(0)
     model_a = TinyNet()
     fresh = copy.deepcopy(model_a)
     opt_a = make_opt("sgd", model_a)
-    a = build(name, structure, density, model_a, opt_a)
+    a = build(name, structure, density, model_a, opt_a, **opts)
+    sched_a = scheduled(a, opt_a) if opts else None
     for step in range(1, 11):  # past a couple of structure updates, mid-cycle
         train_step(a, model_a, opt_a, step)
+        if sched_a is not None:
+            sched_a.set(step)
     sd = copy.deepcopy(a.state_dict())
     opt_b = make_opt("sgd", fresh)
-    b = build(name, structure, density, fresh, opt_b, seed=GENERIC["seed"] + 1)
+    b = build(name, structure, density, fresh, opt_b, seed=GENERIC["seed"] + 1, **opts)
     fresh.load_state_dict(model_a.state_dict())
     opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
     b.load_state_dict(sd)
+    sched_b = None
+    if opts:
+        sched_b = scheduled(b, opt_b)
+        sched_b.set(10)   # the LR is a function of the step alone (the loop does the same)
+        if name == "iee":
+            assert a.stage(10) == a.stage(11) == "explore"
     _compare_states(a, b)
     for step in range(11, 21):
         train_step(a, model_a, opt_a, step)
         train_step(b, fresh, opt_b, step)
+        if opts:
+            sched_a.set(step)
+            sched_b.set(step)
+            assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"]
         for n in a.params:
             assert torch.equal(a.state.masks[n], b.state.masks[n]), (step, n)
             assert torch.equal(a.params[n], b.params[n]), (step, n)

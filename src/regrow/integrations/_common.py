@@ -53,7 +53,13 @@ class MethodSpec:
         framework's counts of optimizer steps) fill the options the user did not give."""
         known = total_steps is not None and math.isfinite(total_steps)
         facts = RunFacts(total_steps=int(total_steps) if known else None, epoch_steps=epoch_steps or None)
-        return self.cls(model, optimizer, **{**self.cls.run_options(facts), **self.options})
+        method = self.cls(model, optimizer, **{**self.cls.run_options(facts), **self.options})
+        if getattr(method.config, "lr_clock", "step") != "step":
+            warnings.warn(
+                f"{method.name}: lr_clock={method.config.lr_clock!r} needs the training loop to evaluate "
+                f"its LR schedule at method.lr_step(step); the framework's scheduler does not, so it has "
+                f"no effect here (regrow's own loop applies it)", UserWarning, stacklevel=3)
+        return method
 
 
 def check_resumed_config(method: SparseMethod, sd: Dict[str, Any]) -> None:

@@ -529,6 +529,13 @@ class SparseMethod(metaclass=_MethodMeta):
         """After optimizer step ``step``: structure changes that are due."""
         return None
 
+    def lr_step(self, step: int) -> float:
+        """The step at which a training loop evaluates its LR schedule for optimizer step
+        ``step`` (0-based). The identity: only a method whose weights sit out some steps
+        (IEE's ``lr_clock="trained"``) moves it; regrow's loop calls it, a loop of your own
+        evaluates its schedule at ``method.lr_step(step)`` to get the same behaviour."""
+        return step
+
     def calibrate(self, batches, loss_fn) -> None:
         """Methods with ``needs_data`` choose masks from data here (e.g. SNIP)."""
         return None

@@ -44,12 +44,18 @@ are, Grow refills every block to exactly N from the explored candidates.
 Ablations of Table 4, one field each: ``freeze``, ``J`` (0 removes Accuracy
 Improvement), ``grow_init`` (``dormant`` = MRU | ``zero``), ``grow_by``
 (``criterion`` | ``random``), and H/J/Q.
+
+Budget-aware options (issue 15, not in the paper; the defaults are the paper's method):
+``lr_clock="trained"`` runs the LR schedule on Θ_K's own clock, which stands still
+during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
+``budget_aware=True`` is the preset of what measured better at short budgets.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -74,6 +80,8 @@ SNAP_PARAM = SNAP + "param"
 SNAP_OPT = SNAP + "opt."
 
 STAGES = ("estimate", "improve", "explore", "train")
+# what ``budget_aware=True`` sets (issue 15)
+BUDGET_AWARE = {"lr_clock": "trained"}
 
 
 def iee_cycles(total_steps: int, end_fraction: float, H: int, J: int, Q: int) -> int:
@@ -97,6 +105,34 @@ def iee_events(i: int, H: int, J: int, Q: int, cycles: int) -> Tuple[str, ...]:
     if i >= dt and i % dt == 0 and i // dt <= cycles:
         out.append("grow")
     return tuple(out)
+
+
+def iee_frozen_before(i: int, H: int, J: int, Q: int, cycles: int) -> int:
+    """How many of the iterations 1 … i − 1 are Reactivate & Explore iterations (Θ_K
+    frozen): Q per finished IEE step plus the part of the current one already past
+    H + J; the same count as summing ``iee_stage(j) == "explore"`` over j < i."""
+    dt = H + J + Q
+    done = min(i // dt, cycles)
+    n = done * Q
+    if i // dt < cycles:
+        n += max(0, i % dt - (H + J))
+    return n
+
+
+def iee_lr_step(step: int, total_steps: int, H: int, J: int, Q: int, cycles: int) -> float:
+    """The schedule step of optimizer step ``step`` (0-based, iteration i = step + 1) on
+    Θ_K's clock (``lr_clock="trained"``): the clock advances only in iterations that
+    train Θ_K, and there T / (T − cycles·Q) times faster (cycles·Q: every frozen
+    iteration of the run), so that Θ_K's trained steps cover the whole schedule and it
+    ends where the user's schedule ends:
+
+        s_K = (step − F(step + 1)) · T / (T − cycles·Q),   F = :func:`iee_frozen_before`.
+
+    During Reactivate & Explore s_K stands still, so Θ_P explores at the LR Θ_K had when
+    it was frozen and Θ_K resumes where it stopped, instead of losing the (early,
+    high-LR) part of the schedule that passed while it was frozen."""
+    frozen_total = cycles * Q
+    return (step - iee_frozen_before(step + 1, H, J, Q, cycles)) * total_steps / (total_steps - frozen_total)
 
 
 def iee_stage(i: int, H: int, J: int, Q: int, cycles: int) -> str:
@@ -145,6 +181,16 @@ class IEEConfig(DynamicConfig):
         large as trained weights, so magnitude growth picks them for their size. With
         ``init=criterion`` the weights outside the first mask were used in pre-training
         and explore from their pretrained values whatever this says.
+    lr_clock: ``step`` (the paper: the LR schedule follows the optimizer step) or
+        ``trained``: Θ_K's LR follows the steps that train it (:func:`iee_lr_step`); the
+        frozen Reactivate & Explore steps no longer burn its high-LR phase. Used through
+        :meth:`IEE.lr_step`, which regrow's training loop calls; a loop of your own
+        evaluates its schedule at ``method.lr_step(step)``.
+    budget_aware: the preset of the options that measured better at short budgets
+        (benchmarks/RESULTS.md, issue 15): ``True`` sets ``lr_clock="trained"``, whatever
+        ``lr_clock`` says. ``False`` (default) leaves every option as given. It does not
+        choose H, J, Q, which matter more in short runs: on MNIST-1D/cnn1d stages of 5–6
+        iterations (many IEE steps) beat 10 and 20 at every budget from 10 to 80 epochs.
     """
 
     update_interval: Optional[int] = None
@@ -157,6 +203,8 @@ class IEEConfig(DynamicConfig):
     grow_by: str = "criterion"
     init: str = "random"
     unused_init: str = "zero"
+    lr_clock: str = "step"
+    budget_aware: bool = False
 
 
 @METHODS.register("iee")
@@ -175,17 +223,25 @@ class IEE(SparseMethod):
             v = getattr(cfg, field)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{field} must be an integer >= {low}, got {v!r}")
+        if not isinstance(cfg.budget_aware, bool):
+            raise ValueError(f"budget_aware must be true or false, got {cfg.budget_aware!r}")
+        if cfg.budget_aware:
+            cfg = dataclasses.replace(cfg, **BUDGET_AWARE)
         # ΔT is H + J + Q; a shared update_interval (a compare grid passes one to every
         # dynamic method) does not apply to IEE and is replaced
         self.config = dataclasses.replace(cfg, update_interval=cfg.H + cfg.J + cfg.Q)
         super().validate_config()
         cfg = self.config
         for field, allowed in (("grow_init", ("dormant", "zero")), ("grow_by", ("criterion", "random")),
-                               ("init", ("random", "criterion")), ("unused_init", ("zero", "weights"))):
+                               ("init", ("random", "criterion")), ("unused_init", ("zero", "weights")),
+                               ("lr_clock", ("step", "trained"))):
             if getattr(cfg, field) not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(cfg, field)!r}")
         if not isinstance(cfg.freeze, bool):
             raise ValueError(f"freeze must be true or false, got {cfg.freeze!r}")
+        if cfg.lr_clock == "trained" and not cfg.freeze:
+            warnings.warn("lr_clock='trained' does nothing with freeze=false: Θ_K trains in every "
+                          "iteration, so its clock is the step", stacklevel=3)
         if _needs_grad(cfg.criterion) and cfg.H < 2:
             raise ValueError(
                 f"criterion '{cfg.criterion}' is summed over the Importance Estimation stage, whose "
@@ -219,6 +275,14 @@ class IEE(SparseMethod):
     def stage(self, i: int) -> str:
         cfg = self.config
         return iee_stage(i, cfg.H, cfg.J, cfg.Q, self.cycles)
+
+    def lr_step(self, step: int) -> float:
+        """The LR schedule's step for optimizer step ``step``: ``step`` itself (the paper),
+        or Θ_K's clock with ``lr_clock="trained"`` (:func:`iee_lr_step`)."""
+        cfg = self.config
+        if cfg.lr_clock == "step" or not cfg.freeze:
+            return step
+        return iee_lr_step(step, cfg.total_steps, cfg.H, cfg.J, cfg.Q, self.cycles)
 
     @property
     def phase(self) -> str:

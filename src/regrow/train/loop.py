@@ -409,7 +409,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
     method = method_cls(model, optimizer, **method_options(cfg, total_steps, spe, bundle.input_shape))
     warmup = int(round(cfg.warmup_epochs * spe))
     sched = StepSchedule(optimizer, lambda s: lr_factor(
-        s, schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
+        method.lr_step(s), schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
         step_size=cfg.lr_step_size, gamma=cfg.lr_gamma))
 
     pin = ctx.device.type == "cuda"

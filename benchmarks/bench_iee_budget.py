@@ -1,0 +1,196 @@
+"""IEE against RigL, SET and dense across training budgets (issue 15): where IEE starts to
+win, and how budget-aware IEE variants do at the short budgets.
+
+One `regrow compare` per (budget, group) into ``OUT/e<epochs>/<group>``: a group is a
+baseline (dense, set, rigl) or an IEE variant (``iee`` is paper IEE; the others add
+``--opt`` switches, see ``VARIANTS``). Done cells are
+kept, so the script can be stopped and restarted; ``--report-only`` prints the tables
+from what exists.
+
+Scaling of the period with the run (the paper's H = J = Q = 100/150 are iterations of
+runs with 250/100 epochs of 391/5005 steps): ΔT = H + J + Q with
+H = J = Q = max(10, round(T / 186)), T the run's steps, i.e. the 60-epoch grid's
+H = J = Q = 10 on 1860 steps (≈ 46 IEE steps before T_end = 0.75·T) kept as a fixed
+number of cycles at long budgets, floored at 10 iterations per stage at short ones
+(explored weights need iterations to prove themselves; RESULTS.md, "Why IEE falls
+short"). RigL and SET use ΔT = 3·H, so every dynamic method updates equally often.
+
+Recipe (the quality grid's): cnn1d on mnist1d, SGD momentum 0.9, lr 0.1 cosine,
+wd 5e-4, batch 128, ERK, α = 0.3, T_end = 0.75·T, one torch thread, test set evaluated
+at the end only.
+
+    python benchmarks/bench_iee_budget.py --out runs/budget --epochs 10,20,40,80,160 \\
+        --groups rigl,iee,set,dense --densities 0.1,0.05 --seeds 0,1,2
+    python benchmarks/bench_iee_budget.py --out runs/budget --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+STEPS_PER_EPOCH = {"mnist1d": 31}   # 4000 samples, batch 128, last partial batch dropped
+BUDGET = "iee-lrclock-0.5x"   # budget-aware IEE: budget_aware=True (lr_clock=trained) with short stages
+BASELINES = ("dense", "set", "rigl", "rigl-0.5x")   # rigl-0.5x: ΔT = 3·(k // 2), as iee-*-0.5x
+# IEE variants: group name -> extra --opt switches given H = J = Q = k (``iee`` is the
+# paper's method; each other one changes one thing, except the preset)
+VARIANTS: Dict[str, Callable[[int], List[str]]] = {
+    "iee": lambda k: [],
+    "iee-lrclock": lambda k: ["lr_clock=trained"],          # Θ_K's LR clock stops while frozen
+    "iee-q-half": lambda k: [f"Q={max(1, k // 2)}"],         # shorter Reactivate & Explore
+    "iee-tend-0.5": lambda k: ["end_fraction=0.5"],          # IEE steps over half the run
+    "iee-nofreeze": lambda k: ["freeze=false"],              # reference: not IEE's idea
+    "iee-period-2x": lambda k: [f"H={2 * k}", f"J={2 * k}", f"Q={2 * k}"],   # fewer, longer IEE steps
+    "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
+    "iee-period-0.25x": lambda k: [f"H={max(2, k // 4)}", f"J={max(2, k // 4)}", f"Q={max(2, k // 4)}"],
+    "iee-lrclock-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained"],
+    "iee-budget": lambda k: ["budget_aware=true"],           # the preset
+}
+
+
+def hjq(epochs: int, data: str) -> int:
+    return max(10, round(STEPS_PER_EPOCH[data] * epochs / 186))
+
+
+def run(out: Path, epochs: int, group: str, densities: str, seeds: str, data: str, extra: List[str]) -> None:
+    k = hjq(epochs, data)
+    dt = 3 * k
+    if group in BASELINES:
+        methods, opts = group.split("-")[0], []
+        if group == "rigl-0.5x":
+            dt = 3 * (k // 2)
+    else:
+        methods = "iee"
+        opts = [f"H={k}", f"J={k}", f"Q={k}", *VARIANTS[group](k)]
+    cmd = [sys.executable, "-m", "regrow", "compare", "--methods", methods, "--densities", densities,
+           "--seeds", seeds, "--distribution", "erk", "--model", "cnn1d", "--data", data,
+           "--epochs", str(epochs), "--batch-size", "128", "--optimizer", "sgd", "--lr", "0.1",
+           "--momentum", "0.9", "--weight-decay", "5e-4", "--schedule", "cosine", "--device", "cpu",
+           "--quiet", "--threads", "1", "--eval-every", "100000", "--log-every", "100000", "--deterministic",
+           "--out", str(out / f"e{epochs}" / group), *extra]
+    if group != "dense":   # ΔT means nothing to dense (compare refuses it)
+        cmd += ["--update-interval", str(dt)]
+    for o in opts:
+        cmd += ["--opt", o]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def cells(d: Path) -> List[dict]:
+    out = []
+    for f in sorted(d.glob("*/summary.json")):
+        s = json.loads(f.read_text())
+        surv = []
+        m = f.parent / "metrics.jsonl"
+        if m.exists():
+            for line in m.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("survival_rate") is not None:
+                    surv.append(rec["survival_rate"])
+        s["_survival"] = statistics.mean(surv) if surv else None
+        out.append(s)
+    return out
+
+
+def mean(xs: List[float]) -> Optional[float]:
+    return statistics.mean(xs) if xs else None
+
+
+def fmt(x: Optional[float], spec: str = ".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, budgets_shown=None) -> None:
+    budgets = sorted(int(p.name[1:]) for p in out.glob("e*") if p.name[1:].isdigit())
+    rows: Dict[tuple, List[dict]] = {}   # (epochs, group, density) -> summaries
+    for e in budgets:
+        for g in sorted(p.name for p in (out / f"e{e}").iterdir() if p.is_dir()):
+            for s in cells(out / f"e{e}" / g):
+                rows.setdefault((e, g, s["target_density"]), []).append(s)
+    names = [n for n in BASELINES if any(k[1] == n for k in rows)]
+    names += [g for g in VARIANTS if any(k[1] == g for k in rows)]
+    if show:
+        names = [n for n in show if n in names]
+    if budgets_shown:
+        budgets = [e for e in budgets if e in budgets_shown]
+    densities = sorted({k[2] for k in rows if k[2] < 1}, reverse=True)
+
+    def get(e, n, dens):
+        return rows.get((e, n, 1.0 if n == "dense" else dens), [])
+
+    for dens in densities:
+        print(f"\n### cnn1d on mnist1d, density {dens:g} ERK: test top-1 (%), mean ± std over seeds "
+              f"(n = seeds where not 3)\n")
+        print("| epochs (steps) | k | " + " | ".join(names)
+              + f" | iee − rigl | {BUDGET} − best rigl | {BUDGET} − iee |")
+        print("|---|---|" + "---|" * len(names) + "---|---|---|")
+        for e in budgets:
+            cols, acc = [], {}
+            for n in names:
+                ss = get(e, n, dens)
+                if not ss:
+                    cols.append("—")
+                    continue
+                top = [100 * s["test_top1"] for s in ss]
+                acc[n] = statistics.mean(top)
+                sd = statistics.stdev(top) if len(top) > 1 else 0.0
+                cell = f"{acc[n]:.2f} ± {sd:.2f}" + ("" if len(ss) == 3 else f" (n={len(ss)})")
+                if per_seed:
+                    cell += " (" + ", ".join(f"{t:.1f}" for t in top) + ")"
+                cols.append(cell)
+            best_rigl = max([acc[r] for r in ("rigl", "rigl-0.5x") if r in acc], default=None)
+            diffs = [f"{acc['iee'] - acc['rigl']:+.2f}" if "iee" in acc and "rigl" in acc else "—",
+                     f"{acc[BUDGET] - best_rigl:+.2f}" if BUDGET in acc and best_rigl is not None else "—",
+                     f"{acc[BUDGET] - acc['iee']:+.2f}" if BUDGET in acc and "iee" in acc else "—"]
+            print(f"| {e} ({e * STEPS_PER_EPOCH['mnist1d']}) | {hjq(e, 'mnist1d')} | " + " | ".join(cols)
+                  + " | " + " | ".join(diffs) + " |")
+        print(f"\nSame cells, density {dens:g}: final-epoch training loss / mean survival rate (over "
+              f"updates and seeds) / physical training FLOPs (× dense, train_flops_physical_relative)\n")
+        shown = [n for n in names if n not in ("dense",)]
+        print("| epochs | " + " | ".join(shown) + " |")
+        print("|---|" + "---|" * len(shown))
+        for e in budgets:
+            cols = []
+            for n in shown:
+                ss = get(e, n, dens)
+                if not ss:
+                    cols.append("—")
+                    continue
+                surv = mean([s["_survival"] for s in ss if s["_survival"] is not None])
+                cols.append(f"{mean([s['train_loss'] for s in ss]):.3f} / {fmt(surv, '.3f')} / "
+                            f"{mean([s['train_flops_physical_relative'] for s in ss]):.3f}")
+            print(f"| {e} | " + " | ".join(cols) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/budget")
+    ap.add_argument("--epochs", default="10,20,40,80,160")
+    ap.add_argument("--groups", default="rigl,iee,set,dense",
+                    help=f"baselines and/or IEE variants: {', '.join(BASELINES + tuple(VARIANTS))}")
+    ap.add_argument("--densities", default="0.1,0.05")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--data", default="mnist1d", choices=sorted(STEPS_PER_EPOCH))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--per-seed", action="store_true", help="print every seed's top-1 in the table")
+    ap.add_argument("--show", default="", help="report only these groups (comma-separated), in this order")
+    args, extra = ap.parse_known_args()
+    out = Path(args.out)
+    groups = [g for g in args.groups.split(",") if g]
+    for g in groups:
+        if g not in BASELINES and g not in VARIANTS:
+            raise SystemExit(f"unknown group '{g}'; allowed: {', '.join(BASELINES + tuple(VARIANTS))}")
+    if not args.report_only:
+        for e in (int(x) for x in args.epochs.split(",")):
+            for g in groups:
+                run(out, e, g, args.densities, args.seeds, args.data, extra)
+    shown_budgets = [int(x) for x in args.epochs.split(",")] if args.report_only else None
+    report(out, args.per_seed, [g for g in args.show.split(",") if g], shown_budgets)
+
+
+if __name__ == "__main__":
+    main()
