@@ -19,9 +19,13 @@ Recipe (the quality grid's): cnn1d on mnist1d, SGD momentum 0.9, lr 0.1 cosine,
 wd 5e-4, batch 128, ERK, α = 0.3, T_end = 0.75·T, one torch thread, test set evaluated
 at the end only.
 
+Budget-aware IEE is the group ``iee-lrclock-0.5x``: ``budget_aware=True`` (=
+``lr_clock=trained``) with short stages, H = J = Q = ⌊k/2⌋. Results and the exact commands:
+benchmarks/RESULTS.md, "IEE at the budgets users actually run".
+
     python benchmarks/bench_iee_budget.py --out runs/budget --epochs 10,20,40,80,160 \\
-        --groups rigl,iee,set,dense --densities 0.1,0.05 --seeds 0,1,2
-    python benchmarks/bench_iee_budget.py --out runs/budget --report-only
+        --groups rigl,iee,iee-lrclock-0.5x,set,dense --densities 0.1,0.05 --seeds 0,1,2
+    python benchmarks/bench_iee_budget.py --out runs/budget --report-only --per-seed
 """
 from __future__ import annotations
 
@@ -48,7 +52,6 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
     "iee-period-0.25x": lambda k: [f"H={max(2, k // 4)}", f"J={max(2, k // 4)}", f"Q={max(2, k // 4)}"],
     "iee-lrclock-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained"],
-    "iee-budget": lambda k: ["budget_aware=true"],           # the preset
 }
 
 
