@@ -217,6 +217,13 @@ def test_channel_iee_slims_in_training_and_resumes_bit_identically(tmp_path, cap
 
     dense = build_model("resnet20", (3, 8, 8), 4).state_dict()
     assert sum(v.numel() for v in ca["model"].values()) < sum(v.numel() for v in dense.values())
+    # export --measure times the slimmed model against the dense architecture, not itself
+    from regrow.cli.structured import load_run
+
+    loaded = load_run(str(tmp_path / "a"))
+    n_params = [sum(p.numel() for p in loaded[k].parameters()) for k in ("model", "dense")]
+    assert n_params[0] < n_params[1] == sum(v.numel() for k, v in dense.items() if "running" not in k
+                                             and "num_batches" not in k)
 
 
 # ---- trust: untrusted files, validation before deletion, one writer, fingerprints -------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -102,6 +103,7 @@ def load_run(run_dir: str) -> Dict[str, Any]:
         raise ValueError(f"run {run_dir} used method '{msd.get('method')}', which has no channel structure; "
                          "--slim needs a channel method (halp, or iee with structure channel)")
     counters = msd["state"].get("counters", {})
+    dense = copy.deepcopy(model)   # the architecture as built: what a slimmed model is timed against
     if "slimmed" in counters:
         slim_(model, counters["slimmed"])
     model.load_state_dict(state["model"])
@@ -112,27 +114,25 @@ def load_run(run_dir: str) -> Dict[str, Any]:
     if set(channels) != {g.name for g in groups}:
         raise ValueError(f"channel groups stored in {path} do not match model '{cfg.model}' "
                          f"(stored {sorted(channels)[:3]}..., traced {[g.name for g in groups][:3]}...)")
-    return {"model": model, "groups": groups, "channels": channels, "shape": shape, "config": cfg}
+    return {"model": model, "dense": dense.eval(), "groups": groups, "channels": channels, "shape": shape,
+            "config": cfg}
 
 
 def _export(args: argparse.Namespace) -> int:
     from ..structured.latency import measure_model
-    from ..structured.slim import export, portable
+    from ..structured.slim import export
 
     from ..train.lock import RunLock
 
     with RunLock(args.run_dir, "regrow export", read_only_ok=True):  # no trainer rewrites the run meanwhile
         run = load_run(args.run_dir)
     model, example = run["model"], torch.zeros((1,) + run["shape"])
-    if args.slim:
-        info = export(model, run["groups"], run["channels"], example, args.out)
-    else:
-        torch.save(portable(model, example), args.out)
-        info = {"format": "torch.save(fx.GraphModule)", "slim": False}
+    info = export(model, run["groups"], run["channels"], example, args.out)
     if args.measure:
         x = torch.randn((args.batch_size,) + run["shape"])
-        exported = torch.load(args.out, weights_only=False)
-        info["measured_dense"] = measure_model(model, x)
+        exported = torch.load(args.out, weights_only=False)   # the file this command just wrote
+        # against the dense architecture, also when the run already slimmed in training
+        info["measured_dense"] = measure_model(run["dense"], x)
         info["measured_export"] = measure_model(exported, x)
         info["speedup"] = info["measured_dense"]["latency_ms"] / info["measured_export"]["latency_ms"]
         with open(args.out + ".json", "w") as f:
