@@ -31,8 +31,6 @@ import argparse
 import contextlib
 import hashlib
 import io
-import os
-import pickle
 import random
 import re
 import shutil
@@ -43,11 +41,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from regrow import cli
 from regrow.train import checkpoint as ckpt
+
+# the same bad options, entry points and planted files as the tests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import evil_pickle, write_fake_cifar10  # noqa: E402
+from test_cli import BAD, ENTRY_POINTS  # noqa: E402
 
 TINY = ["--model", "mlp", "--model-opt", "hidden=[16]", "--data", "synthetic", "--synthetic", "shape=[1,16]",
         "--synthetic", "num_classes=4", "--synthetic", "train_size=64", "--synthetic", "test_size=32",
@@ -59,28 +61,6 @@ LONG = ["--model", "mlp", "--model-opt", "hidden=[256,256]", "--data", "syntheti
         "--epochs", "6", "--batch-size", "16", "--log-every", "16", "--device", "cpu", "--quiet",
         "--method", "rigl", "--update-interval", "40", "--deterministic", "--threads", "1", "--checkpoint-every", "3"]
 
-BAD = [
-    (["--batch-size", "100000"], "batch_size"),
-    (["--structure", "nm", "--opt", "m=5"], "m=5"),
-    (["--model-opt", "nosuch=3"], "nosuch"),
-    (["--model-opt", "hidden=abc"], "hidden|model_options"),
-    (["--opt", "alpha=abc"], "alpha"),
-    (["--opt", "end_fraction=abc"], "end_fraction"),
-    (["--opt", "include=5"], "include"),
-    (["--opt", "alpha=2"], "alpha"),
-    (["--density", "2"], "density"),
-    (["--epochs", "0"], "epochs"),
-    (["--epochs", "three"], "--epochs"),
-    (["--lr", "-1"], "lr"),
-    (["--schedule", "nosuch"], "schedule"),
-    (["--data-root", "/no/such/dir"], "data_root"),
-    (["--pretrained", "/no/such.pt"], "pretrained"),
-    (["--warmup-epochs", "5"], "warmup_epochs"),
-    (["--dist-timeout", "0"], "dist_timeout"),
-    (["--stop-after-steps", "0"], "stop-after-steps"),
-    (["--method", "iee", "--structure", "channel", "--latency-target", "2"], "latency_target|channel"),
-    (["--method", "nosuch"], "method"),
-]
 
 
 def snapshot(d: Path) -> dict:
@@ -202,49 +182,9 @@ def kill_trials(tmp: Path, kills: int, rng: random.Random) -> dict:
 
 
 # ---- 3. malicious files -----------------------------------------------------------------
-class _Evil:
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
-
-
-def evil_meta(marker: Path, kind: str) -> bytes:
-    payload = (_Evil(os.system, f"touch '{marker}'") if kind == "system"
-               else _Evil(exec, f"open({str(marker)!r}, 'w').write('pwned')"))
-    return pickle.dumps({"label_names": payload})
-
-
-def fake_cifar(root: Path) -> None:
-    gen = np.random.default_rng(0)
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        (d / f).write_bytes(pickle.dumps({"data": gen.integers(0, 256, (2, 3072), dtype=np.uint8),
-                                          "labels": gen.integers(0, 10, 2).tolist()}))
-    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-
-
-ENTRY_POINTS = {
-    "resume (stored root inside the run)": (lambda run, evil, tmp: ["resume", str(run)], False),
-    "resume (stored root elsewhere)": (lambda run, evil, tmp: ["resume", str(run)], True),
-    "resume --data-root": (lambda run, evil, tmp: ["resume", str(run), "--data-root", str(evil)], False),
-    "export": (lambda run, evil, tmp: ["export", str(run), "--out", str(tmp / "m.pt")], False),
-    "export (stored root elsewhere)": (lambda run, evil, tmp: ["export", str(run), "--out", str(tmp / "m.pt")], True),
-    "export --slim": (lambda run, evil, tmp: ["export", str(run), "--slim", "--out", str(tmp / "m.pt")], True),
-    "train --data cifar10 --data-root": (lambda run, evil, tmp: [
-        "train", "--model", "mlp", "--data", "cifar10", "--data-root", str(evil), "--epochs", "1",
-        "--device", "cpu", "--quiet", "--out", str(tmp / "t")], False),
-    "latency-table --data cifar10 --data-root": (lambda run, evil, tmp: [
-        "latency-table", "--model", "mlp", "--data", "cifar10", "--data-root", str(evil), "--batch-size", "1",
-        "--out", str(tmp / "t.json")], False),
-}
-
-
 def malicious(tmp: Path) -> dict:
     base = tmp / "cifar-run"
-    fake_cifar(base / "data")
+    write_fake_cifar10(base / "data")
     rc, err = main_quiet(["train", "--model", "mlp", "--model-opt", "hidden=[8]", "--data", "cifar10",
                           "--data-root", str(base / "data"), "--epochs", "1", "--batch-size", "4",
                           "--device", "cpu", "--quiet", "--out", str(base)])
@@ -257,7 +197,7 @@ def malicious(tmp: Path) -> dict:
             run = work / "run"
             shutil.copytree(base, run)
             marker = work / "pwned"
-            (run / "data" / "cifar-10-batches-py" / "batches.meta").write_bytes(evil_meta(marker, kind))
+            (run / "data" / "cifar-10-batches-py" / "batches.meta").write_bytes(evil_pickle(marker, kind))
             evil = work / "evil"
             shutil.copytree(run / "data", evil)
             state = ckpt.load(run / "checkpoint.pt")
@@ -288,7 +228,7 @@ def concurrent(tmp: Path) -> dict:
          lambda d: ["train", *LONG, "--out", str(d)]),
         ("resume + resume", lambda d: ["resume", str(d)], lambda d: d, lambda d: ["resume", str(d)]),
         ("train + export", lambda d: ["train", *LONG, "--out", str(d)], lambda d: d,
-         lambda d: ["export", str(d), "--out", str(d.parent / (d.name + ".pt"))]),
+         lambda d: ["export", str(d), "--format", "sparse", "--out", str(d.parent / (d.name + ".pt"))]),
         ("compare + compare (same cell)", lambda d: ["compare", *LONG, "--methods", "rigl", "--out", str(d)],
          lambda d: d / "rigl-d0.1-s0", lambda d: ["compare", *LONG, "--methods", "rigl", "--out", str(d)]),
     ]

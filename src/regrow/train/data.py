@@ -176,6 +176,15 @@ def _mnist1d(*, seed: int, image_size: Optional[int], **_: Any) -> DatasetBundle
     return _tensor_bundle("mnist1d", d["x"][:, None, :], d["y"], d["x_test"][:, None, :], d["y_test"], 10)
 
 
+def _with_defaults(defaults: Dict[str, Any], given: Optional[Dict[str, Any]], what: str,
+                   where: str = "") -> Dict[str, Any]:
+    """``defaults`` updated with ``given``; unknown keys are a ValueError naming the allowed ones."""
+    unknown = sorted(set(given or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}{where}; allowed: {sorted(defaults)}")
+    return {**defaults, **(given or {})}
+
+
 SYNTHETIC_DEFAULTS: Dict[str, Any] = {
     "shape": (3, 32, 32), "num_classes": 10, "train_size": 512, "test_size": 256, "noise": 1.0,
 }
@@ -192,12 +201,7 @@ def _synthetic(*, seed: int, synthetic: Optional[Dict[str, Any]], image_size: Op
     with 1 or 2 spatial dims, ``num_classes``, ``train_size``, ``test_size``, ``noise``;
     defaults in ``SYNTHETIC_DEFAULTS``. Deterministic in ``seed``.
     """
-    opts = dict(SYNTHETIC_DEFAULTS)
-    given = dict(synthetic or {})
-    unknown = sorted(set(given) - set(opts))
-    if unknown:
-        raise ValueError(f"unknown synthetic option(s) {unknown}; allowed: {sorted(opts)}")
-    opts.update(given)
+    opts = _with_defaults(SYNTHETIC_DEFAULTS, synthetic, "synthetic option(s)")
     shape = tuple(opts["shape"]) if isinstance(opts["shape"], (list, tuple)) else None
     if (shape is None or len(shape) not in (2, 3)
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
@@ -523,12 +527,7 @@ VOCAB_SIZE = 256  # byte-level tokens: nothing to train or download, any text en
 
 
 def _text_options(options: Optional[Dict[str, Any]], name: str) -> Tuple[int, float]:
-    opts = dict(TEXT_DEFAULTS)
-    given = dict(options or {})
-    unknown = sorted(set(given) - set(opts))
-    if unknown:
-        raise ValueError(f"unknown data option(s) {unknown} for '{name}'; allowed: {sorted(opts)}")
-    opts.update(given)
+    opts = _with_defaults(TEXT_DEFAULTS, options, "data option(s)", f" for '{name}'")
     block, frac = opts["block_size"], opts["val_fraction"]
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"data option block_size must be a positive integer, got {block!r}")
