@@ -308,9 +308,15 @@ def test_resuming_a_longer_run_warns_that_schedules_follow_the_new_length(tmp_pa
 
 
 def test_lr_clock_under_a_framework_scheduler_warns_that_it_has_no_effect():
-    from regrow.integrations._common import MethodSpec
-    spec = MethodSpec("iee", {"H": 2, "J": 2, "Q": 2, "lr_clock": "trained"})
+    from regrow.integrations.protocol import Fit, SparsityCallback
+    from regrow.methods.base import RunFacts
+    core = SparsityCallback("iee", H=2, J=2, Q=2, lr_clock="trained")
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.warns(UserWarning, match="lr_clock='trained' .* no effect"):
-        spec.build(model, opt, 40, None)
+        core.on_fit_start(Fit(model, opt, RunFacts(total_steps=40)))
+    # regrow's own Trainer applies lr_step: no warning there
+    own = SparsityCallback("iee", H=2, J=2, Q=2, lr_clock="trained", framework_lr=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own.on_fit_start(Fit(model, torch.optim.SGD(model.parameters(), lr=0.1), RunFacts(total_steps=40)))

@@ -47,19 +47,23 @@ class MethodSpec:
         self.options = dict(options)
         self.fields = fields
 
-    def build(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: Optional[float],
-              epoch_steps: Optional[int]) -> SparseMethod:
-        """The method on ``model``/``optimizer``; ``total_steps`` and ``epoch_steps`` (the
-        framework's counts of optimizer steps) fill the options the user did not give."""
-        known = total_steps is not None and math.isfinite(total_steps)
-        facts = RunFacts(total_steps=int(total_steps) if known else None, epoch_steps=epoch_steps or None)
+    def build(self, model: nn.Module, optimizer: torch.optim.Optimizer, facts: RunFacts, *,
+              framework_lr: bool = True) -> SparseMethod:
+        """The method on ``model``/``optimizer``; ``facts`` (the trainer's counts of
+        optimizer steps, a sample's shape) fill the options the user did not give."""
         method = self.cls(model, optimizer, **{**self.cls.run_options(facts), **self.options})
-        if getattr(method.config, "lr_clock", "step") != "step":
+        if framework_lr and getattr(method.config, "lr_clock", "step") != "step":
             warnings.warn(
                 f"{method.name}: lr_clock={method.config.lr_clock!r} needs the training loop to evaluate "
                 f"its LR schedule at method.lr_step(step); the framework's scheduler does not, so it has "
-                f"no effect here (regrow's own loop applies it)", UserWarning, stacklevel=3)
+                f"no effect here (regrow's own loop applies it)", UserWarning, stacklevel=4)
         return method
+
+
+def step_facts(total_steps: Optional[float], epoch_steps: Optional[int]) -> RunFacts:
+    """:class:`RunFacts` from a framework's step counts (``inf``/``None`` when unknown)."""
+    known = total_steps is not None and math.isfinite(total_steps)
+    return RunFacts(total_steps=int(total_steps) if known else None, epoch_steps=epoch_steps or None)
 
 
 def check_resumed_config(method: SparseMethod, sd: Dict[str, Any]) -> None:

@@ -29,12 +29,12 @@ optimizer's step hooks, whoever calls ``optimizer.step()``):
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Dict, List, Optional
 
 from ..methods.base import SparseMethod
 from . import _common
+from .protocol import Fit, SparsityCallback
 
 _common.require("lightning.pytorch", "lightning", "lightning>=2.2")
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -51,21 +51,32 @@ class RegrowCallback(Callback):
         drives one method).
     log: send structure-update records and density to ``trainer.loggers``.
 
-    After ``fit`` starts, ``callback.sparsity`` is the :class:`regrow.SparseMethod`.
+    An adapter: Lightning's events call the hooks of regrow's one
+    :class:`~regrow.integrations.protocol.SparsityCallback` (``callback.core``), the same
+    hooks regrow's own Trainer calls. After ``fit`` starts, ``callback.sparsity`` is the
+    :class:`regrow.SparseMethod`.
     """
 
     def __init__(self, method: str, *, optimizer_index: int = 0, log: bool = True, **options: Any):
-        self.spec = _common.MethodSpec(method, options)
+        self.core = SparsityCallback(method, **options)
         if isinstance(optimizer_index, bool) or not isinstance(optimizer_index, int) or optimizer_index < 0:
             raise ValueError(f"optimizer_index must be a non-negative integer, got {optimizer_index!r}")
         self.optimizer_index = optimizer_index
         self._log = bool(log)
-        self.sparsity: Optional[SparseMethod] = None
-        self.records: List[Dict[str, Any]] = []
-        self._module = None
-        self._pending: Optional[Dict[str, Any]] = None
+        self._fit: Optional[Fit] = None
         self._view: Optional[Dict[str, Any]] = None
-        self._eval = contextlib.ExitStack()
+
+    @property
+    def spec(self) -> _common.MethodSpec:
+        return self.core.spec
+
+    @property
+    def sparsity(self) -> Optional[SparseMethod]:
+        return self.core.method
+
+    @property
+    def records(self) -> List[Dict[str, Any]]:
+        return self.core.records
 
     @property
     def state_key(self) -> str:
@@ -78,40 +89,26 @@ class RegrowCallback(Callback):
             raise ValueError(
                 f"optimizer_index={self.optimizer_index} but configure_optimizers returned "
                 f"{len(optimizers)} optimizer(s)")
-        if self.sparsity is not None:
-            self.sparsity.detach()
-        total = trainer.estimated_stepping_batches
+        total = trainer.estimated_stepping_batches   # first: it sets up the train dataloader
         batches = trainer.num_training_batches
         epoch_steps = None
         if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
             epoch_steps = math.ceil(batches / trainer.accumulate_grad_batches)
-        self._module = pl_module
-        self.sparsity = self.spec.build(pl_module, optimizers[self.optimizer_index], total, epoch_steps)
-        if self._pending is not None:
-            payload, self._pending = self._pending, None
-            self._restore(payload)
-
-    def _restore(self, payload: Dict[str, Any]) -> None:
-        method = self.sparsity
-        _common.check_resumed_config(method, payload["sparsity"])
-        method.pop_metrics()   # records of the fresh construction the checkpoint replaces
-        method.load_state_dict(payload["sparsity"])
-        _common.restore_live(self._module, payload.get("live") or {})
+        facts = _common.step_facts(total, epoch_steps)
+        self._fit = Fit(pl_module, optimizers[self.optimizer_index], facts, trainer.global_step)
+        self.core.on_fit_start(self._fit)
 
     def state_dict(self) -> Dict[str, Any]:
         if self.sparsity is None:
-            return dict(self._pending or {})
-        live, self._view = _common.evaluation_view(self.sparsity, self._module)
+            return self.core.state_dict()
+        live, self._view = _common.evaluation_view(self.sparsity, self._fit.model)
         return _common.checkpoint_payload(self.sparsity, live)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        payload = _common.check_payload(state_dict, f"the checkpoint's {self.state_key} state")
-        if self.sparsity is None:
-            self._pending = payload        # usual order: weights and callbacks before on_fit_start
-        else:
-            self._restore(payload)         # strategies that restore after setup
+        # usual order: weights and callbacks before on_fit_start (restored there);
+        # strategies that restore after setup restore now
+        self.core.load_state_dict(state_dict, self._fit.model if self._fit is not None else None,
+                                  where=f"the checkpoint's {self.state_key} state")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
         if self.sparsity is None:
@@ -123,47 +120,28 @@ class RegrowCallback(Callback):
 
     # ---- the step ------------------------------------------------------------------
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        method = self.sparsity
-        if method is not None and getattr(optimizer, "_optimizer", optimizer) is method.optimizer:
-            method.mask_gradients()
+        if self._fit is not None:
+            self.core.on_before_optimizer_step(Fit(pl_module, optimizer, self._fit.facts, trainer.global_step))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.sparsity is None:
+        if self._fit is None:
             return
-        records = self.sparsity.pop_metrics()
-        if records:
-            self.records.extend(records)
-            if self._log and trainer.loggers:
-                metrics = _common.flat_metrics(records, self.sparsity)
-                for logger in trainer.loggers:
-                    logger.log_metrics(metrics, step=trainer.global_step)
+        self._fit.step = trainer.global_step
+        self.core.on_train_batch_end(self._fit)
+        metrics = self.core.log_metrics() if self.core.unlogged else {}
+        if metrics and self._log and trainer.loggers:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     # ---- evaluation -------------------------------------------------------------------
-    def _enter(self) -> None:
-        self._eval.close()
-        if self.sparsity is not None:
-            self._eval.enter_context(self.sparsity.evaluation())
-
-    def _exit(self) -> None:
-        self._eval.close()
-
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._enter()
+        self.core.on_validation_start(self._fit)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        self._exit()
+        self.core.on_validation_end(self._fit)
 
-    def on_test_start(self, trainer, pl_module) -> None:
-        self._enter()
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._exit()
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self._enter()
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        self._exit()
+    on_test_start = on_predict_start = on_validation_start
+    on_test_end = on_predict_end = on_validation_end
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._exit()   # training values back even when a run dies inside validation
+        self.core.on_exception(self._fit, exception)

@@ -49,6 +49,7 @@ import torch
 
 from ..methods.base import SparseMethod
 from . import _common
+from .protocol import Fit, SparsityCallback
 
 _common.require("transformers", "transformers", "transformers>=4.40")
 from transformers import Trainer, TrainerCallback  # noqa: E402
@@ -72,17 +73,29 @@ class RegrowCallback(TrainerCallback):
     ``update_interval``, ``include``/``exclude``, …) on the Trainer's model. Needs a
     Trainer with :class:`RegrowTrainerMixin` (e.g. :class:`RegrowTrainer`).
 
-    After training starts, ``callback.sparsity`` is the :class:`regrow.SparseMethod`;
-    ``callback.records`` holds every structure-update record.
+    An adapter: the Trainer's events call the hooks of regrow's one
+    :class:`~regrow.integrations.protocol.SparsityCallback` (``callback.core``), the same
+    hooks regrow's own Trainer calls. After training starts, ``callback.sparsity`` is the
+    :class:`regrow.SparseMethod`; ``callback.records`` holds every structure-update record.
     """
 
     def __init__(self, method: str, **options: Any):
-        self.spec = _common.MethodSpec(method, options)
-        self.sparsity: Optional[SparseMethod] = None
-        self.records: List[Dict[str, Any]] = []
-        self._unlogged: List[Dict[str, Any]] = []
+        self.core = SparsityCallback(method, **options)
+        self._fit: Optional[Fit] = None
         self._trainer: Optional[Trainer] = None
         self._resume_dir: Optional[str] = None
+
+    @property
+    def spec(self) -> _common.MethodSpec:
+        return self.core.spec
+
+    @property
+    def sparsity(self) -> Optional[SparseMethod]:
+        return self.core.method
+
+    @property
+    def records(self) -> List[Dict[str, Any]]:
+        return self.core.records
 
     def _bind(self, trainer: Trainer, resume_dir: Optional[str]) -> None:
         self._trainer, self._resume_dir = trainer, resume_dir
@@ -94,8 +107,6 @@ class RegrowCallback(TrainerCallback):
                 "RegrowCallback needs a Trainer with RegrowTrainerMixin (the Trainer clips gradients and "
                 "saves the model before any callback could mask them): use "
                 "regrow.integrations.transformers.RegrowTrainer, or class MyTrainer(RegrowTrainerMixin, Trainer)")
-        if self.sparsity is not None:
-            self.sparsity.detach()
         payload = self._load_payload()
         _mask_after_unscale(trainer)
         epoch_steps = None
@@ -105,13 +116,11 @@ class RegrowCallback(TrainerCallback):
             epoch_steps = max(n // ga + int(n % ga > 0), 1)   # Trainer.set_initial_training_values
         except TypeError:
             pass   # an IterableDataset: give epoch_steps in the options where the method needs it
-        self.sparsity = self.spec.build(model, _torch_optimizer(optimizer), state.max_steps, epoch_steps)
+        self._fit = Fit(model, _torch_optimizer(optimizer), _common.step_facts(state.max_steps, epoch_steps),
+                        state.global_step)
+        self.core.on_fit_start(self._fit)
         if payload is not None:
-            method = self.sparsity
-            _common.check_resumed_config(method, payload["sparsity"])
-            method.pop_metrics()   # records of the fresh construction the checkpoint replaces
-            method.load_state_dict(payload["sparsity"])
-            _common.restore_live(model, payload.get("live") or {})
+            self.core.load_state_dict(payload, model)
 
     def _load_payload(self) -> Optional[Dict[str, Any]]:
         folder, self._resume_dir = self._resume_dir, None
@@ -126,11 +135,9 @@ class RegrowCallback(TrainerCallback):
         return _common.check_payload(torch.load(path, map_location="cpu", weights_only=True), path)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.sparsity is not None:
-            records = self.sparsity.pop_metrics()
-            if records:
-                self.records.extend(records)
-                self._unlogged.extend(records)
+        if self._fit is not None:
+            self._fit.step = state.global_step
+            self.core.on_train_batch_end(self._fit)
 
     def on_save(self, args, state, control, **kwargs):
         trainer, method = self._trainer, self.sparsity
@@ -139,16 +146,17 @@ class RegrowCallback(TrainerCallback):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"the Trainer's checkpoint folder {folder} is missing; cannot save {STATE_FILE}")
-        live, _ = _common.evaluation_view(method, trainer.model)
-        torch.save(_common.checkpoint_payload(method, live), os.path.join(folder, STATE_FILE))
+        torch.save(self.core.state_dict(trainer.model), os.path.join(folder, STATE_FILE))
 
     def log_metrics(self) -> Dict[str, float]:
         """``regrow/density`` and the latest record of each structure-update event since
         the last call (the mixin adds them to the Trainer's logs)."""
-        if self.sparsity is None:
-            return {}
-        records, self._unlogged = self._unlogged, []
-        return _common.flat_metrics(records, self.sparsity)
+        return self.core.log_metrics()
+
+    def before_optimizer_step(self) -> None:
+        """The gradients are unscaled and about to be clipped: mask them."""
+        if self._fit is not None:
+            self.core.on_before_optimizer_step(self._fit)
 
 
 def _mask_after_unscale(trainer: Trainer) -> None:
@@ -162,8 +170,8 @@ def _mask_after_unscale(trainer: Trainer) -> None:
     def unscale_gradients(*args: Any, **kwargs: Any):
         out = unscale(*args, **kwargs)
         cb = trainer._regrow_callback()
-        if cb is not None and cb.sparsity is not None:
-            cb.sparsity.mask_gradients()
+        if cb is not None:
+            cb.before_optimizer_step()
         return out
 
     unscale_gradients._regrow = True
@@ -181,9 +189,7 @@ class RegrowTrainerMixin:
 
     def _regrow_evaluation(self):
         cb = self._regrow_callback()
-        if cb is None or cb.sparsity is None:
-            return contextlib.nullcontext()
-        return cb.sparsity.evaluation()
+        return contextlib.nullcontext() if cb is None else cb.core.evaluation()
 
     def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
         cb = self._regrow_callback()
