@@ -357,3 +357,84 @@ def test_loop_runs_the_schedule_on_the_methods_lr_step(tmp_path):
                             warmup_steps=0, step_size=1, gamma=1.0) for k in range(1, total + 1)]
     assert [r["lr"] for r in recs] == pytest.approx(want)
     assert len(set(r["lr"] for r in recs)) < total   # it stood still on frozen steps
+
+
+# ---- the Trainer's phases and its callback protocol -----------------------------------
+class Recorder:
+    """A user callback on the protocol the integrations use: records each phase."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, hook):
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+
+        def record(fit, *args):
+            self.calls.append((hook, fit.step))
+            if hook == "on_before_optimizer_step":
+                # the method masked the gradient before this hook: inactive grads are zero
+                sp = fit.sparsity.method
+                self.inactive_grad = max(float((sp.params[n].grad * ~m).abs().max())
+                                         for n, m in sp.state.masks.items())
+            if hook == "on_save_checkpoint":
+                args[0]["user_note"] = "kept"
+            if hook == "on_fit_end":
+                self.summary = args[0]
+        return record
+
+
+def test_trainer_runs_user_callbacks_at_its_named_phases(tmp_path):
+    rec = Recorder()
+    summary = train(tiny(tmp_path, epochs=2), callbacks=[rec])
+    names = [h for h, _ in rec.calls]
+    steps = 96 // 16
+    assert names[0] == "on_fit_start"
+    assert names.count("on_before_optimizer_step") == names.count("on_train_batch_end") == 2 * steps
+    assert names.count("on_train_epoch_end") == 2 and names.count("on_validation_start") == 2
+    # per epoch: steps, epoch end, validation, checkpoint; then the end of the fit
+    epoch = (["on_before_optimizer_step", "on_train_batch_end"] * steps
+             + ["on_train_epoch_end", "on_validation_start", "on_validation_end", "on_save_checkpoint"])
+    assert names == ["on_fit_start"] + epoch * 2 + ["on_fit_end"]
+    # step counts what the optimizer did: before step k it is k - 1, after it k
+    batch_steps = [s for h, s in rec.calls if h == "on_train_batch_end"]
+    assert batch_steps == list(range(1, 2 * steps + 1))
+    assert rec.inactive_grad == 0.0
+    assert rec.summary is summary
+    state = ckpt.load(tmp_path / "run" / "checkpoint.pt")
+    assert state["user_note"] == "kept"
+
+
+def test_trainer_drives_the_method_through_the_integrations_sparsity_callback(tmp_path):
+    from regrow.integrations.protocol import SparsityCallback
+
+    class Check:
+        def on_fit_start(self, trainer):
+            assert isinstance(trainer.sparsity, SparsityCallback)
+            assert trainer.callbacks[0] is trainer.sparsity and trainer.method is trainer.sparsity.method
+            self.records = trainer.sparsity.records
+
+        def __getattr__(self, hook):
+            return lambda *a: None
+
+    check = Check()
+    train(tiny(tmp_path), callbacks=[check])
+    # the records the run directory logs are the ones the callback collected
+    logged = [r for r in map(json.loads, lines(tmp_path / "run")) if "mask_checksum" in r]
+    assert [r["step"] for r in check.records] == [r["step"] for r in logged] and logged
+
+
+def test_a_user_callback_error_stops_the_run_and_is_raised(tmp_path):
+    class Boom:
+        def __getattr__(self, hook):
+            def f(fit, *a):
+                if hook == "on_train_batch_end" and fit.step == 3:
+                    raise RuntimeError("user callback failed")
+                if hook == "on_exception":
+                    self.seen = a[0]
+            return f
+
+    boom = Boom()
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        train(tiny(tmp_path), callbacks=[boom])
+    assert isinstance(boom.seen, RuntimeError)

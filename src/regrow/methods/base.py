@@ -211,6 +211,18 @@ class SparseMethod(metaclass=_MethodMeta):
         self.model = unwrap(model)
         self.optimizer = optimizer
         self._init_step_contract()
+        self.generator = torch.Generator().manual_seed(int(self.config.seed))
+        self._metrics: List[Dict[str, Any]] = []
+        self.setup_parameters()
+        self.state = self.initial_state()
+        self.apply_masks()
+        if self.dynamic:
+            mask_metrics.start_tracking(self.state)
+
+    def setup_parameters(self) -> None:
+        """Find what the method sparsifies: ``params`` (name → tensor), ``names``, each
+        layer's input dimension, the structure; keep the undo record of the tensors the
+        constructor writes. Channel methods trace channel groups instead."""
         cfg = self.config
         found = find_sparse_weights(self.model, cfg.include, cfg.exclude)
         self.params = {n: w.param for n, w in found.items()}
@@ -218,20 +230,19 @@ class SparseMethod(metaclass=_MethodMeta):
         # weight as [out, in, ...] (see structure_topk), masks stay in its own layout
         self.input_dims: Dict[str, int] = {n: w.input_dim for n, w in found.items()}
         self.names: List[str] = list(self.params)
-        check_in_optimizer(self.params, optimizer)
-        self._pristine = Pristine(self.params, optimizer)
+        check_in_optimizer(self.params, self.optimizer)
+        self._pristine = Pristine(self.params, self.optimizer)
         self.structure = make_structure(cfg.structure, cfg.n, cfg.m)
         for n in self.params:
             self.structure.check(n, self._canonical_shape(n))
-        self.generator = torch.Generator().manual_seed(int(cfg.seed))
-        self._metrics: List[Dict[str, Any]] = []
+
+    def initial_state(self) -> SparseState:
+        """The first :class:`SparseState`: per-layer targets, the initial masks and (for
+        methods that keep them) dormant values."""
         targets = self.initial_targets()
         dormant = {n: p.detach().clone() for n, p in self.params.items()} if self.keeps_dormant else {}
         masks = self.initial_masks(targets)
-        self.state = SparseState(masks=masks, targets=targets, dormant=dormant)
-        self.apply_masks()
-        if self.dynamic:
-            mask_metrics.start_tracking(self.state)
+        return SparseState(masks=masks, targets=targets, dormant=dormant)
 
     @classmethod
     def run_options(cls, run: RunFacts) -> Dict[str, Any]:

@@ -26,15 +26,13 @@ import torch
 from torch import nn
 
 from .. import knapsack
-from .. import metrics as mask_metrics
-from ..modules import unwrap
 from ..state import SparseState
 from ..structured.groups import ChannelGroup, dim_keeps, find_groups, masked_tensors
 from ..structured.latency import (
     COSTS, CostGraph, CostModel, LatencyTable, build_table, count_macs, measure_model, model_layers,
 )
 from ..structured.slim import kept_indices, slim_, slim_copy
-from .base import Pristine, RunFacts, SparseMethod, SparsityConfig, resolve_config
+from .base import Pristine, RunFacts, SparseMethod, SparsityConfig
 
 
 @dataclass
@@ -91,27 +89,27 @@ class ChannelMethod(SparseMethod):
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                  config: Any = None, example_inputs: Optional[torch.Tensor] = None, **overrides: Any):
-        self.config = resolve_config(self.Config, config, overrides)
-        self.validate_config()
-        self.model = unwrap(model)
-        self.optimizer = optimizer
-        self._init_step_contract()
-        self.generator = torch.Generator().manual_seed(int(self.config.seed))
-        self._metrics: List[Dict[str, Any]] = []
-        self.example = self._example(example_inputs)
+        self._example_inputs = example_inputs   # read by setup_parameters
+        super().__init__(model, optimizer, config, **overrides)
+
+    def setup_parameters(self) -> None:
+        """Trace the model's channel groups on one sample; ``params`` are every tensor a
+        channel mask touches (BatchNorm statistics go to ``stats``); then the cost model
+        and the budget Ψ."""
+        self.example = self._example(self._example_inputs)
+        self._example_inputs = None
         self._build_structure()
-        self._pristine = Pristine({**self.params, **self.stats}, optimizer)
+        self._pristine = Pristine({**self.params, **self.stats}, self.optimizer)
         self.setup_costs()
+
+    def initial_state(self) -> SparseState:
         channels = self.initial_channels()
         masks, stats = self._derive(channels)
         targets = {n: int(m.sum()) for n, m in masks.items()}
         dormant = {n: p.detach().clone() for n, p in self.params.items()} if self.keeps_dormant else {}
-        self.state = SparseState(masks=masks, targets=targets, dormant=dormant,
-                                 buffers={"channels": channels, "importance": self._zero_importance()})
         self._stat_masks = stats
-        self.apply_masks()
-        if self.dynamic:
-            mask_metrics.start_tracking(self.state)
+        return SparseState(masks=masks, targets=targets, dormant=dormant,
+                           buffers={"channels": channels, "importance": self._zero_importance()})
 
     @classmethod
     def run_options(cls, run: RunFacts) -> Dict[str, Any]:

@@ -57,7 +57,7 @@ import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -207,15 +207,25 @@ class IEEConfig(DynamicConfig):
     budget_aware: bool = False
 
 
-@METHODS.register("iee")
-class IEE(SparseMethod):
-    """IEE for unstructured and N:M sparsity; see the module docstring for the algorithm."""
+class IEECycle(SparseMethod):
+    """The IEE cycle (Algorithm 1), one template for every unit of sparsity: the event
+    schedule, Θ_K frozen bit-exactly during Reactivate & Explore, the evaluation view,
+    the prune/grow bookkeeping and records, and the training cost. Unstructured/N:M IEE
+    (:class:`IEE`) and channel IEE (:class:`regrow.methods.iee_channel.ChannelIEE`) fill
+    in the selection hooks:
 
-    Config = IEEConfig
+    * :meth:`accumulate_scores` (every Importance Estimation and Reactivate & Explore
+      iteration, while ``.grad`` is dense);
+    * :meth:`select_prune` (choose and install the reduced Θ_K; returns Ω_t),
+    * :meth:`grow_scores`, :meth:`select_grow` and :meth:`install_grown`,
+    * :meth:`update_record` (the state figures logged with each prune and grow).
+    """
+
     needs_total_steps = True
     keeps_dormant = True
     dynamic = True
-    variants = (("channel", "iee_channel"),)  # --method iee --structure channel
+    # the message's hint when no IEE step fits the run
+    no_cycle_hint: str = "lower H, J, Q or train longer"
 
     def validate_config(self) -> None:
         cfg = self.config
@@ -254,22 +264,52 @@ class IEE(SparseMethod):
         self.cycles = iee_cycles(cfg.total_steps, cfg.end_fraction, cfg.H, cfg.J, cfg.Q)
         if self.cycles < 1:
             raise ValueError(
-                f"no IEE step fits: T_end = {self.t_end} steps (end_fraction {cfg.end_fraction} of "
+                f"no IEE step fits: T_end = {self.t_end} steps (end_fraction {cfg.end_fraction:.4g} × "
                 f"total_steps {cfg.total_steps}) is shorter than ΔT = H + J + Q = {cfg.update_interval}; "
-                "lower H, J, Q or train longer"
+                f"{self.no_cycle_hint}"
             )
         self._accumulates = _needs_grad(cfg.criterion)
-        sparse_ids = {id(p) for p in self.params.values()}
-        self._others = [p for p in self.model.parameters() if id(p) not in sparse_ids]
+        self._others = self._dense_parameters()
         self.state.counters.setdefault(PHASE, "exploit")
         self.state.counters.setdefault(CYCLES_DONE, 0)
-        if cfg.init == "random" and cfg.unused_init == "zero":
-            for n, d in self.state.dormant.items():
-                d.mul_(self.state.masks[n])   # never-active weights have no MRU value: 0
-        if self._accumulates:
-            self.state.buffers[SCORE] = {n: torch.zeros_like(p, dtype=torch.float32)
-                                         for n, p in self.params.items()}
+        self.init_cycle_state()
         self._run_events(1)  # H = 1: the first prune comes before iteration 1
+
+    def _dense_parameters(self) -> List[torch.Tensor]:
+        """Parameters outside the sparse set (biases, normalisation): frozen with Θ_K."""
+        ids = {id(p) for p in self.params.values()}
+        return [p for p in self.model.parameters() if id(p) not in ids]
+
+    # ---- hooks the units fill in --------------------------------------------------
+    def init_cycle_state(self) -> None:
+        """Extra state the unit keeps for the cycle (called once, after the masks exist)."""
+
+    def accumulate_scores(self) -> None:
+        """Add this iteration's importance (the gradient is still dense)."""
+        raise NotImplementedError
+
+    def select_prune(self, fraction: float) -> Any:
+        """Choose the reduced Θ_K for update fraction α_t and install it (pruned values
+        become dormant); return Ω_t (what :meth:`select_grow` gets back), and put the
+        record fields of the choice in ``self._choice``."""
+        raise NotImplementedError
+
+    def grow_scores(self) -> Dict[str, torch.Tensor]:
+        """I(Θ_P), read at the end of Reactivate & Explore."""
+        raise NotImplementedError
+
+    def select_grow(self, scores: Dict[str, torch.Tensor], omega: Any, kept: Dict[str, torch.Tensor]) -> Any:
+        """Choose what grows back (Ω_t of the explored units, by ``scores``) on top of
+        ``kept``, Θ_K's masks; record fields in ``self._choice``."""
+        raise NotImplementedError
+
+    def install_grown(self, selection: Any) -> None:
+        """Install the masks of Θ_K + the grown units (grown values by ``grow_init``)."""
+        raise NotImplementedError
+
+    def update_record(self) -> Dict[str, Any]:
+        """The state figures logged with each prune and grow."""
+        return {"density": self.state.density(), "layer_density": self.state.layer_densities()}
 
     # ---- schedule ------------------------------------------------------------
     def stage(self, i: int) -> str:
@@ -289,21 +329,6 @@ class IEE(SparseMethod):
         return self.state.counters[PHASE]
 
     # ---- masks -----------------------------------------------------------------
-    def initial_masks(self, targets):
-        if self.config.init == "random":
-            return super().initial_masks(targets)
-        crit = CRITERIA.get(self.config.criterion)
-        needs_grad = _needs_grad(self.config.criterion)
-        scores = {}
-        for n, p in self.params.items():
-            if needs_grad and p.grad is None:
-                raise ValueError(
-                    f"init='criterion' with criterion '{self.config.criterion}' needs gradients in "
-                    f"'{n}'.grad when the method is built; use init='random' or criterion='magnitude'"
-                )
-            scores[n] = crit(p, p.grad, self.generator)
-        return self.select(scores, targets)
-
     def live_masks(self) -> Dict[str, torch.Tensor]:
         """Θ_K, or every weight (Θ_K ∪ Θ_P) during Reactivate & Explore."""
         if self.state.counters.get(PHASE) == "explore":
@@ -372,12 +397,10 @@ class IEE(SparseMethod):
                     p.copy_(torch.where(self.state.masks[n], snap[n], p))
 
     def before_step(self, step: int) -> None:
-        # gradient-based scores: summed over Importance Estimation (for Prune) and over
-        # Reactivate & Explore (for Grow), read while .grad is still dense
+        # scores summed over Importance Estimation (for Prune) and over Reactivate &
+        # Explore (for Grow), read while .grad is still dense
         if self._accumulates and self.stage(step) in ("estimate", "explore"):
-            crit = CRITERIA.get(self.config.criterion)
-            self.stage_scores(SCORE, {n: crit(p, p.grad, self.generator).float()
-                                      for n, p in self.params.items() if p.grad is not None})
+            self.accumulate_scores()
 
     def after_step(self, step: int) -> None:
         self._run_events(step + 1)
@@ -387,40 +410,25 @@ class IEE(SparseMethod):
         for event in iee_events(i, cfg.H, cfg.J, cfg.Q, self.cycles):
             getattr(self, "_" + event)(i)
 
-    # ---- scores and counts ----------------------------------------------------------
-    def _scores(self, which: str) -> Dict[str, torch.Tensor]:
-        if which == "grow" and self.config.grow_by == "random":
-            rnd = CRITERIA.get("random")
-            return {n: rnd(self.params[n], None, self.generator) for n in self.names}
-        if self._accumulates:
-            acc = self.state.buffers[SCORE]
-            out = {n: acc[n].clone() for n in self.names}
-            for t in acc.values():
-                t.zero_()
-            return out
-        crit = CRITERIA.get(self.config.criterion)
-        return {n: crit(self.params[n], self.params[n].grad, self.generator) for n in self.names}
-
     # ---- the structure changes -------------------------------------------------------
     def _prune(self, i: int) -> None:
+        """Prune (Eq. 2): Θ_K ← Θ_K − the Ω_t least important, chosen by :meth:`select_prune`."""
         fraction = self.update_fraction(i)
-        counts = self.drop_counts(fraction)
-        scores = self._scores("prune")
         before = dict(self.state.masks)
-        after = self.prune(scores, counts, before)
-        targets = dict(self.state.targets)
-        self.commit(after, record=False)       # pruned values -> dormant, zero state
-        self.state.targets = targets           # |Θ_K| shrinks for this IEE step only
-        record = mask_metrics.record_prune(self.state, before, after)
+        self._choice: Dict[str, Any] = {}
+        omega = self.select_prune(fraction)
+        record = mask_metrics.record_prune(self.state, before, self.state.masks)
         self.state.buffers[BEFORE] = {n: m.clone() for n, m in before.items()}
-        self.state.counters[OMEGA] = counts
+        self.state.counters[OMEGA] = omega
         self.state.counters[FRACTION] = fraction
-        self.state.counters[KEPT] = {n: int(torch.count_nonzero(after[n])) for n in self.names}
+        self.state.counters[KEPT] = {n: int(torch.count_nonzero(self.state.masks[n])) for n in self.names}
         self.state.counters[PHASE] = "reduced"
-        self.log({"step": self.state.step, "event": "prune", "fraction": fraction, **record,
-                  "density": self.state.density(), "layer_density": self.state.layer_densities()})
+        self.log({"step": self.state.step, "event": "prune", "fraction": fraction, **self._choice, **record,
+                  **self.update_record()})
 
     def _reactivate(self, i: int) -> None:
+        """Reactivate & Explore starts: Θ_P back at its dormant (MRU) values; with the
+        freeze, a snapshot of Θ_K's values and optimizer state."""
         opt = self.optimizer
         for n in self.names:
             p, m, d = self.params[n], self.state.masks[n], self.state.dormant[n]
@@ -469,27 +477,30 @@ class IEE(SparseMethod):
             del bufs[key]   # frees the snapshot
 
     def _grow(self, i: int) -> None:
-        scores = self._scores("grow")
+        """Grow (Eq. 4): Θ_K ← Θ_K + the Ω_t most important explored units, chosen by
+        :meth:`select_grow`; the rest of Θ_P goes dormant at its explored values."""
+        scores = self.grow_scores()
         if self.config.freeze:
             self._restore_frozen_state()
         kept = dict(self.state.masks)
-        counts = self.state.counters.pop(OMEGA)
+        omega = self.state.counters.pop(OMEGA)
         fraction = self.state.counters.pop(FRACTION)
-        new = self.grow(scores, counts, kept)
+        self._choice = {}
+        selection = self.select_grow(scores, omega, kept)
         for n in self.names:
             p, d = self.params[n], self.state.dormant[n]
             with torch.no_grad():
                 d.copy_(torch.where(kept[n], d, p))   # Θ_P goes dormant at its explored values
-        self.commit(new, grow_init=self.config.grow_init, record=False)
-        for n in self.names:   # explored, not grown: inactive again, with zero state
-            zero_optimizer_state_(self.optimizer, self.params[n], ~new[n])
-        before = self.state.buffers.pop(BEFORE)
-        record = mask_metrics.record_grow(self.state, before, kept, new)
-        self.state.counters.pop(KEPT)
         self.state.counters[PHASE] = "exploit"
+        self.install_grown(selection)
+        for n in self.names:   # explored, not grown: inactive again, with zero state
+            zero_optimizer_state_(self.optimizer, self.params[n], ~self.state.masks[n])
+        before = self.state.buffers.pop(BEFORE)
+        record = mask_metrics.record_grow(self.state, before, kept, dict(self.state.masks))
+        self.state.counters.pop(KEPT)
         self.state.counters[CYCLES_DONE] += 1
-        self.log({"step": self.state.step, "event": "grow", "fraction": fraction, **record,
-                  "density": self.state.density(), "layer_density": self.state.layer_densities()})
+        self.log({"step": self.state.step, "event": "grow", "fraction": fraction, **self._choice, **record,
+                  **self.update_record()})
 
     # ---- cost --------------------------------------------------------------------------
     def step_flops(self, zeta_sparse: float, zeta_dense: float) -> float:
@@ -508,3 +519,75 @@ class IEE(SparseMethod):
         if self.stage(self.state.step) == "explore":
             return 3.0 * zeta_dense - zeta_sparse if self.config.freeze else 3.0 * zeta_dense
         return 3.0 * zeta_sparse
+
+
+@METHODS.register("iee")
+class IEE(IEECycle):
+    """IEE for unstructured and N:M sparsity (see the module docstring): the cycle of
+    :class:`IEECycle` over single weights, scored by ``criterion`` (magnitude by
+    default; gradient-based ones summed over each stage), Ω_t per layer
+    (Prune: Θ_K ← Θ_K − ArgTopK(−I(Θ_K), Ω_t), Grow: Θ_K ← Θ_K + ArgTopK(I(Θ_P), Ω_t))."""
+
+    Config = IEEConfig
+    variants = (("channel", "iee_channel"),)  # --method iee --structure channel
+
+    def init_cycle_state(self) -> None:
+        cfg = self.config
+        if cfg.init == "random" and cfg.unused_init == "zero":
+            for n, d in self.state.dormant.items():
+                d.mul_(self.state.masks[n])   # never-active weights have no MRU value: 0
+        if self._accumulates:
+            self.state.buffers[SCORE] = {n: torch.zeros_like(p, dtype=torch.float32)
+                                         for n, p in self.params.items()}
+
+    def initial_masks(self, targets):
+        if self.config.init == "random":
+            return super().initial_masks(targets)
+        crit = CRITERIA.get(self.config.criterion)
+        needs_grad = _needs_grad(self.config.criterion)
+        scores = {}
+        for n, p in self.params.items():
+            if needs_grad and p.grad is None:
+                raise ValueError(
+                    f"init='criterion' with criterion '{self.config.criterion}' needs gradients in "
+                    f"'{n}'.grad when the method is built; use init='random' or criterion='magnitude'"
+                )
+            scores[n] = crit(p, p.grad, self.generator)
+        return self.select(scores, targets)
+
+    # ---- scores --------------------------------------------------------------------------
+    def accumulate_scores(self) -> None:
+        crit = CRITERIA.get(self.config.criterion)
+        self.stage_scores(SCORE, {n: crit(p, p.grad, self.generator).float()
+                                  for n, p in self.params.items() if p.grad is not None})
+
+    def _scores(self, which: str) -> Dict[str, torch.Tensor]:
+        if which == "grow" and self.config.grow_by == "random":
+            rnd = CRITERIA.get("random")
+            return {n: rnd(self.params[n], None, self.generator) for n in self.names}
+        if self._accumulates:
+            acc = self.state.buffers[SCORE]
+            out = {n: acc[n].clone() for n in self.names}
+            for t in acc.values():
+                t.zero_()
+            return out
+        crit = CRITERIA.get(self.config.criterion)
+        return {n: crit(self.params[n], self.params[n].grad, self.generator) for n in self.names}
+
+    def grow_scores(self) -> Dict[str, torch.Tensor]:
+        return self._scores("grow")
+
+    # ---- selection: per-layer (or global) top-k of single weights ---------------------
+    def select_prune(self, fraction: float) -> Dict[str, int]:
+        counts = self.drop_counts(fraction)
+        after = self.prune(self._scores("prune"), counts, dict(self.state.masks))
+        targets = dict(self.state.targets)
+        self.commit(after, record=False)       # pruned values -> dormant, zero state
+        self.state.targets = targets           # |Θ_K| shrinks for this IEE step only
+        return counts
+
+    def select_grow(self, scores, omega, kept):
+        return self.grow(scores, omega, kept)
+
+    def install_grown(self, selection: Dict[str, torch.Tensor]) -> None:
+        self.commit(selection, grow_init=self.config.grow_init, record=False)

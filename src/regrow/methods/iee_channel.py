@@ -1,7 +1,7 @@
 """Structured, latency-constrained IEE (Sun et al. 2025, §3.1 with appendix §4): IEE's
 prune / explore / grow cycle on channel groups under a latency budget Ψ.
 
-The stage machinery is unstructured IEE's (:mod:`regrow.methods.iee`: the event
+The cycle is IEE's template (:class:`regrow.methods.iee.IEECycle`: the event
 schedule of Algorithm 1, Θ_K frozen bit-exactly during Reactivate & Explore, the
 snapshot in ``SparseState``); only the unit and the selection change:
 
@@ -30,18 +30,14 @@ IEE for latency-constrained structured sparsity will instead end at the 5th epoc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .. import metrics as mask_metrics
-from ..optim import zero_optimizer_state_
 from ..schedules import exponential_ratio
 from .channel import ChannelConfig, ChannelMethod
 from .base import METHODS
-from .iee import (
-    BEFORE, CYCLES_DONE, FRACTION, IEE, KEPT, OMEGA, PHASE, IEEConfig, iee_cycles,
-)
+from .iee import CYCLES_DONE, PHASE, IEECycle, IEEConfig
 
 
 BUDGET_SCHEDULES = ("exponential", "constant")
@@ -66,12 +62,15 @@ class ChannelIEEConfig(ChannelConfig, IEEConfig):
 
 
 @METHODS.register("iee_channel")
-class ChannelIEE(ChannelMethod, IEE):
+class ChannelIEE(ChannelMethod, IEECycle):
     """IEE over channel groups under a latency budget Ψ (Sun et al. 2025, appendix §4):
-    Prune = Knapsack(I(Θ_K), R, Ψ − Ω_t), Grow = Knapsack(I(Θ_P), R, Ω_t)."""
+    the cycle of :class:`~regrow.methods.iee.IEECycle` with channel selection hooks,
+    Prune = Knapsack(I(Θ_K), R, Ψ_k − Ω_t), Grow = Knapsack(I(Θ_P), R, Ω_t)."""
 
     Config = ChannelIEEConfig
     structures = ("channel",)
+    no_cycle_hint = ("the paper's structured protocol ends updates at 5/130 of the run; lower H, J, Q, "
+                     "raise end_fraction or train longer")
 
     def validate_config(self) -> None:
         super().validate_config()
@@ -86,24 +85,6 @@ class ChannelIEE(ChannelMethod, IEE):
             raise ValueError(f"budget_schedule must be one of {', '.join(BUDGET_SCHEDULES)}; "
                              f"got {cfg.budget_schedule!r}")
 
-    def __init__(self, *args, **kwargs):
-        ChannelMethod.__init__(self, *args, **kwargs)
-        cfg = self.config
-        self.cycles = iee_cycles(cfg.total_steps, cfg.end_fraction, cfg.H, cfg.J, cfg.Q)
-        if self.cycles < 1:
-            raise ValueError(
-                f"no IEE step fits: T_end = {self.t_end} steps (end_fraction {cfg.end_fraction:.4g} × "
-                f"total_steps {cfg.total_steps}; the paper's structured protocol ends updates at 5/130 "
-                f"of the run) is shorter than ΔT = H + J + Q = {cfg.update_interval}; lower H, J, Q, "
-                f"raise end_fraction or train longer"
-            )
-        self._accumulates = True
-        ids = {id(p) for p in self.params.values()}
-        self._others = [p for p in self.model.parameters() if id(p) not in ids]
-        self.state.counters.setdefault(PHASE, "exploit")
-        self.state.counters.setdefault(CYCLES_DONE, 0)
-        self._run_events(1)
-
     def after_step(self, step: int) -> None:
         super().after_step(step)
         cfg = self.config
@@ -113,8 +94,7 @@ class ChannelIEE(ChannelMethod, IEE):
 
     def _rebuild_after_slim(self, kept, record) -> None:
         super()._rebuild_after_slim(kept, record)
-        ids = {id(p) for p in self.params.values()}   # slimming replaced the Parameters
-        self._others = [p for p in self.model.parameters() if id(p) not in ids]
+        self._others = self._dense_parameters()   # slimming replaced the Parameters
 
     def _explored(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         # reactivated channels also track BN statistics during Reactivate & Explore
@@ -157,16 +137,15 @@ class ChannelIEE(ChannelMethod, IEE):
         return self.knapsack(imp, full, none, self.budget, lo, counts={g.name: g.size for g in self.groups})
 
     # ---- stages ----------------------------------------------------------------------
-    def before_step(self, step: int) -> None:
-        if self.stage(step) in ("estimate", "explore"):
-            self.accumulate_importance()
+    def accumulate_scores(self) -> None:
+        self.accumulate_importance()   # Taylor on BatchNorm, appendix Eq. 2
 
     def mask_stats(self) -> None:
         if self.state.counters.get(PHASE) != "explore":  # reactivated channels track their statistics
             super().mask_stats()
 
     def _reactivate(self, i: int) -> None:
-        super()._reactivate(i)  # IEE's: Θ_P back at dormant values, Θ_K snapshot for the freeze
+        super()._reactivate(i)  # the cycle's: Θ_P back at dormant values, Θ_K snapshot for the freeze
         # reactivated channels track BN statistics afresh from BatchNorm's initial (0, 1): a
         # zero variance would blow up their eval-mode output until the average caught up
         with torch.no_grad():
@@ -178,8 +157,8 @@ class ChannelIEE(ChannelMethod, IEE):
         self.reset_importance()
         return imp
 
-    def _prune(self, i: int) -> None:
-        fraction = self.update_fraction(i)
+    # ---- selection: latency knapsacks over channel groups -----------------------------
+    def select_prune(self, fraction: float) -> float:
         psi = self.step_budget(self.state.counters[CYCLES_DONE] + 1)
         omega = fraction * psi
         imp = self._take_importance()
@@ -187,40 +166,22 @@ class ChannelIEE(ChannelMethod, IEE):
         none = {k: torch.zeros_like(v) for k, v in active.items()}
         lo = {g.name: self.config.min_channels for g in self.groups}
         new = self.knapsack(imp, active, none, psi - omega, lo)
-        before = dict(self.state.masks)
         self.commit_channels(new, record=False)   # pruned values -> dormant, zero state
-        record = mask_metrics.record_prune(self.state, before, self.state.masks)
-        self.state.buffers[BEFORE] = {n: m.clone() for n, m in before.items()}
-        self.state.counters[OMEGA] = omega
         self.state.counters[PSI] = psi
-        self.state.counters[FRACTION] = fraction
-        self.state.counters[KEPT] = {n: int(torch.count_nonzero(m)) for n, m in self.state.masks.items()}
-        self.state.counters[PHASE] = "reduced"
-        self.log({"step": self.state.step, "event": "prune", "fraction": fraction, "omega": omega,
-                  "step_budget": psi, **record,
-                  **self.structure_record()})
+        self._choice = {"omega": omega, "step_budget": psi}
+        return omega
 
-    def _grow(self, i: int) -> None:
-        imp = self._take_importance()
-        if self.config.freeze:
-            self._restore_frozen_state()
-        kept = dict(self.state.masks)
-        self.state.counters.pop(OMEGA)
+    def grow_scores(self) -> Dict[str, torch.Tensor]:
+        return self._take_importance()
+
+    def select_grow(self, scores, omega, kept) -> Dict[str, torch.Tensor]:
         psi = self.state.counters.pop(PSI)
-        fraction = self.state.counters.pop(FRACTION)
+        self._choice = {"step_budget": psi}
         active = self.channels
-        new = self.knapsack(imp, {k: ~v for k, v in active.items()}, active, psi)
-        for n in self.names:
-            p, d = self.params[n], self.state.dormant[n]
-            with torch.no_grad():
-                d.copy_(torch.where(kept[n], d, p))   # Θ_P goes dormant at its explored values
-        self.state.counters[PHASE] = "exploit"
-        self.commit_channels(new, grow_init=self.config.grow_init, record=False)
-        for n in self.names:   # explored, not grown: inactive again, with zero state
-            zero_optimizer_state_(self.optimizer, self.params[n], ~self.state.masks[n])
-        before = self.state.buffers.pop(BEFORE)
-        record = mask_metrics.record_grow(self.state, before, kept, self.state.masks)
-        self.state.counters.pop(KEPT)
-        self.state.counters[CYCLES_DONE] += 1
-        self.log({"step": self.state.step, "event": "grow", "fraction": fraction, "step_budget": psi, **record,
-                  **self.structure_record()})
+        return self.knapsack(scores, {k: ~v for k, v in active.items()}, active, psi)
+
+    def install_grown(self, selection: Dict[str, torch.Tensor]) -> None:
+        self.commit_channels(selection, grow_init=self.config.grow_init, record=False)
+
+    def update_record(self) -> Dict[str, Any]:
+        return self.structure_record()

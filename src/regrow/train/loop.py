@@ -30,7 +30,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from torch import nn
 
 from ..version import __version__
 from ..cost import FlopsLedger
+from ..integrations.protocol import Callback, SparsityCallback
 from ..methods.base import RunFacts, method_class, resolve_config
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
@@ -324,7 +325,7 @@ def check_checkpoint_belongs(out: Path, state: Dict[str, Any]) -> None:
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
           stop_after_steps: Optional[int] = None, report: bool = True,
-          check_only: bool = False) -> Dict[str, Any]:
+          check_only: bool = False, callbacks: Sequence[Callback] = ()) -> Dict[str, Any]:
     """Run (or, with ``resume``, continue) the training run ``cfg``; return the summary.
 
     ``stop_after_steps`` writes a checkpoint after that many optimizer steps and
@@ -367,308 +368,429 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             check_out(out, overwrite)
             dist_utils.barrier(ctx)  # every rank has looked before rank 0 writes anything
         return _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model,
-                    overwrite=overwrite, check_only=check_only)
+                    overwrite=overwrite, check_only=check_only, callbacks=callbacks)
     finally:
         if lock is not None:
             lock.release()
         dist_utils.teardown(ctx)
 
 
-def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model, *,
-         overwrite: bool = False, check_only: bool = False):
-    t0 = time.perf_counter()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    set_deterministic(cfg.deterministic, ctx.device)
-    seed_everything(cfg.seed)
-    bundle = load_dataset(cfg.data, cfg.data_root, seed=data_seed(cfg), augment=cfg.augment,
-                          image_size=cfg.image_size, synthetic=cfg.synthetic, options=cfg.data_options)
-    task = TASKS.get(bundle.task)
-    try:
-        model = build_model(cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options)
-    except TypeError as e:
-        raise ValueError(f"model_options {cfg.model_options} do not fit model '{cfg.model}': {e}") from None
-    if cfg.pretrained and state is None:
-        weights = ckpt.load_model_weights(cfg.pretrained)
+class Trainer:
+    """regrow's training loop in named phases; what ``regrow train`` runs.
+
+    :meth:`setup` (data, model, optimizer, the method through the
+    :class:`~regrow.integrations.protocol.SparsityCallback`, LR schedule, loaders, FLOPs
+    ledger) → :meth:`restore` a checkpoint or :meth:`start` fresh (calibration, run
+    directory) → :meth:`fit`: per epoch :meth:`train_epoch` (per step
+    :meth:`training_step` then :meth:`optimizer_step`), :meth:`end_epoch`
+    (:meth:`validate`, :meth:`save_checkpoint`) → :meth:`summarize`.
+
+    Callbacks follow the protocol the framework integrations use
+    (:class:`regrow.integrations.protocol.Callback`): the sparsity callback is the same
+    object Lightning's and Hugging Face's adapters drive, and ``callbacks`` adds the
+    user's own. The Trainer is the :class:`~regrow.integrations.protocol.Fit` its
+    callbacks see (``model``, ``optimizer``, ``facts``, ``step``).
+    """
+
+    def __init__(self, cfg: RunConfig, ctx: dist_utils.Context, out: Path, *, load_dataset, build_model,
+                 callbacks: Sequence[Callback] = ()):
+        self.cfg, self.ctx, self.out = cfg, ctx, out
+        self._load_dataset, self._build_model = load_dataset, build_model
+        self.user_callbacks = list(callbacks)
+        self.t0 = time.perf_counter()
+        self.loop: Dict[str, Any] = {
+            "step": 0, "epoch": 0, "epoch_step": 0, "metrics_lines": 0, "wall": 0.0,
+            "window": [0.0, 0.0], "epoch_stats": [0.0, 0.0], "last_eval": {},
+            "train_wall": 0.0, "train_cpu": 0.0}
+
+    # ---- the Fit view callbacks see ----------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.loop["step"]
+
+    @property
+    def callbacks(self) -> List[Callback]:
+        return [self.sparsity, *self.user_callbacks]
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # ---- phases --------------------------------------------------------------------------
+    def setup(self, *, fresh: bool) -> None:
+        """Data, model (pretrained weights on a fresh start), optimizer, sampler, the
+        method, LR schedule, loaders and FLOPs ledger (every late check happens here)."""
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        set_deterministic(cfg.deterministic, ctx.device)
+        seed_everything(cfg.seed)
+        bundle = self.bundle = self._load_dataset(
+            cfg.data, cfg.data_root, seed=data_seed(cfg), augment=cfg.augment, image_size=cfg.image_size,
+            synthetic=cfg.synthetic, options=cfg.data_options)
+        self.task = TASKS.get(bundle.task)
         try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise ValueError(f"pretrained checkpoint {cfg.pretrained} does not fit model "
-                             f"{cfg.model}: {str(e).splitlines()[0]}") from None
-    model.to(ctx.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
+            model = self._build_model(cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options)
+        except TypeError as e:
+            raise ValueError(f"model_options {cfg.model_options} do not fit model '{cfg.model}': {e}") from None
+        if cfg.pretrained and fresh:
+            weights = ckpt.load_model_weights(cfg.pretrained)
+            try:
+                model.load_state_dict(weights)
+            except RuntimeError as e:
+                raise ValueError(f"pretrained checkpoint {cfg.pretrained} does not fit model "
+                                 f"{cfg.model}: {str(e).splitlines()[0]}") from None
+        model.to(ctx.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = build_optimizer(cfg, model)
 
-    sampler = dist_utils.GlobalBatchSampler(
-        len(bundle.train), cfg.batch_size, seed=cfg.seed, rank=ctx.rank,
-        world_size=ctx.world_size, grad_accum=cfg.grad_accum)
-    spe = sampler.steps_per_epoch
-    total_steps = cfg.epochs * spe
-    method_cls = method_class(cfg.method, cfg.structure)  # e.g. iee + channel -> iee_channel
-    method = method_cls(model, optimizer, **method_options(cfg, total_steps, spe, bundle.input_shape))
-    warmup = int(round(cfg.warmup_epochs * spe))
-    sched = StepSchedule(optimizer, lambda s: lr_factor(
-        method.lr_step(s), schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
-        step_size=cfg.lr_step_size, gamma=cfg.lr_gamma))
+        self.sampler = dist_utils.GlobalBatchSampler(
+            len(bundle.train), cfg.batch_size, seed=cfg.seed, rank=ctx.rank,
+            world_size=ctx.world_size, grad_accum=cfg.grad_accum)
+        self.spe = spe = self.sampler.steps_per_epoch
+        self.total_steps = total_steps = cfg.epochs * spe
+        self.facts = RunFacts(total_steps=total_steps, epoch_steps=spe, input_shape=tuple(bundle.input_shape))
+        # the method (iee + channel -> iee_channel), through the callback the integrations use
+        self.sparsity = SparsityCallback(cfg.method, framework_lr=False,
+                                         **method_options(cfg, total_steps, spe, bundle.input_shape))
+        self.sparsity.on_fit_start(self)
+        self.method = method = self.sparsity.method
+        warmup = int(round(cfg.warmup_epochs * spe))
+        self.sched = StepSchedule(self.optimizer, lambda s: lr_factor(
+            method.lr_step(s), schedule=cfg.schedule, total_steps=total_steps, warmup_steps=warmup,
+            step_size=cfg.lr_step_size, gamma=cfg.lr_gamma))
 
-    pin = ctx.device.type == "cuda"
-    loader_gen = torch.Generator()
+        self.loader_gen = torch.Generator()
+        self.train_loader = self.make_loader(self.sampler)
+        test_idx = list(range(ctx.rank, len(bundle.test), ctx.world_size))
+        self.test_loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(bundle.test, test_idx), batch_size=cfg.eval_batch_size,
+            shuffle=False, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda",
+            generator=torch.Generator())
+        # dense pre-training behind --pretrained (IEE appendix §3: 3·ζ_D per sample); one
+        # real sample traces the FLOPs (token models need integer input, not zeros of a float shape)
+        self.ledger = FlopsLedger(model, method, bundle.input_shape if bundle.task == "classification"
+                                  else bundle.train[0][0][None].to(ctx.device),
+                                  pretrain_samples=pretrain_samples(cfg, len(bundle.train)) if fresh else 0)
+        self.loss_fn = loss_fn_for(cfg.label_smoothing, self.task)
 
-    def make_loader(batch_sampler):
+    def make_loader(self, batch_sampler):
+        bundle, cfg = self.bundle, self.cfg
         if (isinstance(bundle.train, torch.utils.data.TensorDataset) and len(bundle.train.tensors) == 2
                 and cfg.num_workers == 0):
             return TensorBatches(bundle.train, batch_sampler)
         # an explicit generator: creating the iterator must not draw from the global RNG
         return torch.utils.data.DataLoader(
-            bundle.train, batch_sampler=batch_sampler, num_workers=cfg.num_workers, pin_memory=pin,
-            generator=loader_gen, persistent_workers=False)
+            bundle.train, batch_sampler=batch_sampler, num_workers=cfg.num_workers,
+            pin_memory=self.ctx.device.type == "cuda", generator=self.loader_gen, persistent_workers=False)
 
-    train_loader = make_loader(sampler)
-    test_idx = list(range(ctx.rank, len(bundle.test), ctx.world_size))
-    test_loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(bundle.test, test_idx), batch_size=cfg.eval_batch_size,
-        shuffle=False, num_workers=cfg.num_workers, pin_memory=pin, generator=torch.Generator())
-
-    # dense pre-training behind --pretrained (IEE appendix §3: 3·ζ_D per sample)
-    # one real sample traces the FLOPs (token models need integer input, not zeros of a float shape)
-    ledger = FlopsLedger(model, method, bundle.input_shape if bundle.task == "classification"
-                         else bundle.train[0][0][None].to(ctx.device),
-                         pretrain_samples=pretrain_samples(cfg, len(bundle.train)) if state is None else 0)
-    loss_fn = loss_fn_for(cfg.label_smoothing, task)
-    if check_only:
-        return {}
-
-    loop = {"step": 0, "epoch": 0, "epoch_step": 0, "metrics_lines": 0, "wall": 0.0,
-            "window": [0.0, 0.0], "epoch_stats": [0.0, 0.0], "last_eval": {},
-            "train_wall": 0.0, "train_cpu": 0.0}
-    if state is not None:
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Continue from checkpoint ``state``: the method reshapes the fresh model first
+        (in-training slimming), then weights, optimizer, LR, method, ledger, loop and RNGs."""
+        cfg, method = self.cfg, self.method
         try:
             method.prepare_model(state["method"])  # e.g. slim the fresh model like the checkpointed one
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            sched.set(state["loop"]["step"])  # the LR is a function of the step alone
-            method.pop_metrics()  # records of the fresh construction the checkpoint replaces
-            method.load_state_dict(state["method"])
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.sched.set(state["loop"]["step"])  # the LR is a function of the step alone
+            self.sparsity.restore(self.model, state["method"])
             if state.get("ledger") is not None:
-                ledger.load_state_dict(state["ledger"])
+                self.ledger.load_state_dict(state["ledger"])
         except (RuntimeError, KeyError, TypeError, IndexError) as e:
             first = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
             raise ValueError(
-                f"{out / CHECKPOINT} does not fit the run its config describes (model '{cfg.model}', "
+                f"{self.out / CHECKPOINT} does not fit the run its config describes (model '{cfg.model}', "
                 f"method '{cfg.method}'): {type(e).__name__}: {first[:300]}") from None
-        loop.update(state["loop"])
+        self.loop.update(state["loop"])
         ckpt.set_rng_state(state["rng"])
-    else:
-        if method.needs_data:
+
+    def start(self, overwrite: bool) -> None:
+        """A fresh run: data-driven methods calibrate (SNIP), then, the run being known to
+        start, the run directory is cleared (``--overwrite``) and the config written."""
+        cfg, ctx = self.cfg, self.ctx
+        if self.method.needs_data:
             # world size 1: every rank scores the same global batches, so masks agree
-            calib = dist_utils.GlobalBatchSampler(len(bundle.train), cfg.batch_size, seed=cfg.seed)
+            calib = dist_utils.GlobalBatchSampler(len(self.bundle.train), cfg.batch_size, seed=cfg.seed)
             calib.set_epoch(-1)
-            loader_gen.manual_seed(cfg.seed)
-            batches = ((x.to(ctx.device), y.to(ctx.device)) for x, y in make_loader(calib))
-            method.calibrate(batches, loss_fn)
-        if ctx.is_main:  # the run is known to start: only now clear (--overwrite) and write
-            prepare_out(out, overwrite)
-            ckpt.write_text(out / CONFIG, f"# config fingerprint {fingerprint(cfg)} (checkpoint.pt and summary.json "
-                                          f"carry the same)\n" + dump(cfg))
+            self.loader_gen.manual_seed(cfg.seed)
+            batches = ((x.to(ctx.device), y.to(ctx.device)) for x, y in self.make_loader(calib))
+            self.method.calibrate(batches, self.loss_fn)
+        if ctx.is_main:
+            prepare_out(self.out, overwrite)
+            ckpt.write_text(self.out / CONFIG, f"# config fingerprint {fingerprint(cfg)} (checkpoint.pt and "
+                                               f"summary.json carry the same)\n" + dump(cfg))
 
-    def wrap(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
-        net: nn.Module = model
-        if ctx.distributed:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        return net, (torch.compile(net) if cfg.compile else net)
+    def _wrap(self) -> None:
+        self.net: nn.Module = self.model
+        if self.ctx.distributed:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None)
+        self.fnet = torch.compile(self.net) if self.cfg.compile else self.net
+        self._wrapped = self.method.params
 
-    net, fnet = wrap(model)
-    # in-training slimming swaps the Parameters DDP holds (the method then rebuilds its
-    # ``params``, as the FLOPs ledger also notices): wrap the smaller model anew; every rank
-    # slims at the same step, the structure being synchronised
-    watch = ctx.distributed and method.replaces_parameters()
-    wrapped = method.params
+    def fit(self, stop_after_steps: Optional[int] = None) -> bool:
+        """Train to the end of the run (or ``stop_after_steps``, writing a checkpoint);
+        True when it stopped early."""
+        cfg, ctx = self.cfg, self.ctx
+        self._wrap()
+        # in-training slimming swaps the Parameters DDP holds (the method then rebuilds its
+        # ``params``): wrap the smaller model anew; every rank slims at the same step
+        self._rewrap = ctx.distributed and self.method.replaces_parameters()
+        self.writer = _Writer(self.out / METRICS, ctx.is_main, self.loop["metrics_lines"])
+        self.loop["wall_base"] = self.loop["wall"]
+        self.show = ctx.is_main and not cfg.quiet
+        self.bar = None
+        stopped = False
+        for cb in self.user_callbacks:   # the sparsity callback started in setup()
+            cb.on_fit_start(self)
+        try:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show, dynamic_ncols=True,
+                            desc=f"{cfg.method} d={cfg.density:g}", leave=False)
+            self.model.train()
+            for epoch in range(self.loop["epoch"], cfg.epochs):
+                stopped = self.train_epoch(epoch, stop_after_steps)
+                if stopped:
+                    self.save_checkpoint()
+                    break
+                self.end_epoch(epoch)
+        except BaseException as e:
+            for cb in self.user_callbacks:
+                cb.on_exception(self, e)
+            self.sparsity.on_exception(self, e)
+            raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            self.writer.close()
+        return stopped
 
-    writer = _Writer(out / METRICS, ctx.is_main, loop["metrics_lines"])
-    step = loop["step"]
-    stopped_early = False
-
-    def save_checkpoint(eval_loss: Optional[float] = None) -> None:
-        # only finite checkpoints: a diverged one (weights of 1e37 whose forward is NaN)
-        # would be "the last good checkpoint" resume starts from (every rank checks its own)
-        bad = nonfinite_tensors(model)
-        if eval_loss is not None and not math.isfinite(eval_loss):
-            bad.append(f"evaluation loss {eval_loss}")
-        if dist_utils.broadcast_flag(ctx, bool(bad)):
-            last = out / CHECKPOINT
-            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written"
-            raise NonFiniteLoss(
-                f"the model became non-finite by step {step} (epoch {loop['epoch']}): "
-                f"{', '.join(bad[:5]) or 'on another rank'}; not writing it, {kept} (lower the lr?)")
-        if not ctx.is_main:
-            return
-        loop["wall"] = loop["wall_base"] + time.perf_counter() - t0
-        ckpt.save(out / CHECKPOINT, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "method": method.state_dict(),
-            "ledger": ledger.state_dict(),
-            "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
-            "config": cfg.to_dict(), "fingerprint": fingerprint(cfg), "regrow_version": __version__,
-        })
-
-    loop["wall_base"] = loop["wall"]
-    bar = None
-    try:
-        from tqdm import tqdm
-        show = ctx.is_main and not cfg.quiet
-        bar = tqdm(total=total_steps, initial=step, disable=not show, dynamic_ncols=True,
-                   desc=f"{cfg.method} d={cfg.density:g}", leave=False)
-        model.train()
+    def train_epoch(self, epoch: int, stop_after_steps: Optional[int]) -> bool:
+        """One epoch (or what is left of it after a resume); True when stopped early."""
+        cfg, ctx, loop = self.cfg, self.ctx, self.loop
+        skip = loop["epoch_step"] if epoch == loop["epoch"] else 0
+        self.sampler.set_epoch(epoch, skip_steps=skip)
+        self.loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
         # built once, not per step: batches come from CPU tensors/loaders (moving them to
         # the CPU is a no-op), and the contexts are reusable
         move = ctx.device.type != "cpu"
-        amp_ctx, no_sync = _autocast(cfg.amp, ctx.device), contextlib.nullcontext()
-        for epoch in range(loop["epoch"], cfg.epochs):
-            skip = loop["epoch_step"] if epoch == loop["epoch"] else 0
-            sampler.set_epoch(epoch, skip_steps=skip)
-            loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
-            window = loop["window"]
-            micro = 0
-            step_loss, step_seen = 0.0, 0
-            # time spent in training steps only (no evaluation/checkpoints): throughput
-            w0, c0 = time.perf_counter(), time.process_time()
-            for x, y in train_loader:
-                if move:
-                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                if cfg.channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                micro += 1
-                last_micro = micro % cfg.grad_accum == 0
-                sync = net.no_sync() if ctx.distributed and not last_micro else no_sync
-                with sync:
-                    with amp_ctx:
-                        logits = fnet(x)
-                        loss = task.loss(logits.float() if cfg.amp else logits, y, cfg.label_smoothing)
-                    # the mean over micro-batches (no extra autograd node without accumulation)
-                    (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
-                n_y = y.numel()
-                step_loss += loss.item() * n_y
-                step_seen += n_y
-                if not last_micro:
-                    continue
-                bad = not math.isfinite(step_loss)
-                if dist_utils.broadcast_flag(ctx, bad):
-                    last = out / CHECKPOINT
-                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                    raise NonFiniteLoss(
-                        f"loss became non-finite ({step_loss / step_seen}) at step {step + 1} "
-                        f"(epoch {epoch + 1}); stopping, {kept}")
-                lr = optimizer.param_groups[0]["lr"]
-                method.step()
-                optimizer.zero_grad(set_to_none=True)
-                if watch and method.params is not wrapped:
-                    net, fnet = wrap(model)
-                    wrapped = method.params
-                sched.set(step + 1)
-                step += 1
-                ledger.record_step(cfg.batch_size)
-                loop["epoch_step"] += 1
-                window[0] += step_loss
-                window[1] += step_seen
-                es = loop["epoch_stats"]
-                es[0] += step_loss
-                es[1] += step_seen
-                step_loss, step_seen = 0.0, 0
-                records = method.pop_metrics()
-                log_now = step % cfg.log_every == 0
-                if ctx.distributed and (records or log_now):
-                    dist_utils.check_masks(ctx, method.checksum(), step)
-                ep = epoch + loop["epoch_step"] / spe
-                # the masks after each structure update, comparable across runs and ranks
-                checksum = method.checksum() if records else None
-                for r in records:
-                    writer.write({"event": "method", "epoch": ep, **r, "step": r.get("step", step),
-                                  "mask_checksum": checksum})
-                if log_now:
-                    # accuracy of the logged step's (last micro-)batch only: a per-step
-                    # accuracy costs more than the whole rest of the loop on small models
-                    correct = task.hits(logits.detach(), y, 1)
-                    loss_sum, seen, correct, n = dist_utils.all_sum(ctx, window + [correct, y.numel()])
-                    rec = {"event": "train", "step": step, "epoch": ep, "loss": loss_sum / seen,
-                           "batch_acc": correct / n, "lr": lr, "density": method.density()}
-                    writer.write(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['batch_acc']:.3f}", refresh=False)
-                    loop["window"] = window = [0.0, 0.0]
-                if show:
-                    bar.update(1)
-                loop["step"] = step
-                loop["metrics_lines"] = writer.lines
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    stopped_early = True
-                    break
-            loop["train_wall"] += time.perf_counter() - w0
-            loop["train_cpu"] += time.process_time() - c0
-            if stopped_early:
-                save_checkpoint()
+        self._amp_ctx, self._no_sync = _autocast(cfg.amp, ctx.device), contextlib.nullcontext()
+        micro = 0
+        self._step_loss, self._step_seen = 0.0, 0
+        stopped = False
+        # time spent in training steps only (no evaluation/checkpoints): throughput
+        w0, c0 = time.perf_counter(), time.process_time()
+        for x, y in self.train_loader:
+            if move:
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            if cfg.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            micro += 1
+            last_micro = micro % cfg.grad_accum == 0
+            logits = self.training_step(x, y, last_micro)
+            if not last_micro:
+                continue
+            self.optimizer_step(epoch)
+            self.after_step(epoch, logits, y)
+            if stop_after_steps is not None and self.step >= stop_after_steps:
+                stopped = True
                 break
-            # end of epoch
-            loss_sum, seen = dist_utils.all_sum(ctx, loop["epoch_stats"])
-            rec = {"event": "epoch", "step": step, "epoch": epoch + 1, "train_loss": loss_sum / seen,
-                   "lr": optimizer.param_groups[0]["lr"],
-                   "density": method.density()}
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                # the bare model: DDP's forward would sync buffers over uneven eval shards
-                with method.evaluation():  # the sparse model the method stands for (IEE: Θ_K only)
-                    ev = evaluate(model, test_loader, ctx, amp=cfg.amp, channels_last=cfg.channels_last,
-                                  num_classes=bundle.num_classes, task=task)
-                rec.update(ev)
-                loop["last_eval"] = ev
-            if ctx.distributed:
-                dist_utils.check_masks(ctx, method.checksum(), step)
-            writer.write(rec)
-            loop.update(epoch=epoch + 1, epoch_step=0, epoch_stats=[0.0, 0.0],
-                        metrics_lines=writer.lines, last_train={"train_loss": rec["train_loss"]})
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                save_checkpoint(loop["last_eval"].get("test_loss"))
-    finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
+        loop["train_wall"] += time.perf_counter() - w0
+        loop["train_cpu"] += time.process_time() - c0
+        return stopped
 
-    checksums = dist_utils.check_masks(ctx, method.checksum(), step)
-    if stopped_early:
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, last_micro: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch (the loss is the mean over the
+        step's micro-batches); returns the logits."""
+        cfg = self.cfg
+        sync = self.net.no_sync() if self.ctx.distributed and not last_micro else self._no_sync
+        with sync:
+            with self._amp_ctx:
+                logits = self.fnet(x)
+                loss = self.task.loss(logits.float() if cfg.amp else logits, y, cfg.label_smoothing)
+            # the mean over micro-batches (no extra autograd node without accumulation)
+            (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
+        n_y = y.numel()
+        self._step_loss += loss.item() * n_y
+        self._step_seen += n_y
+        return logits
+
+    def optimizer_step(self, epoch: int) -> None:
+        """Stop on a non-finite loss (every rank), then the masked optimizer step with
+        whatever structure update is due, and the next step's LR."""
+        step = self.step
+        if dist_utils.broadcast_flag(self.ctx, not math.isfinite(self._step_loss)):
+            last = self.out / CHECKPOINT
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise NonFiniteLoss(
+                f"loss became non-finite ({self._step_loss / self._step_seen}) at step {step + 1} "
+                f"(epoch {epoch + 1}); stopping, {kept}")
+        self._lr = self.optimizer.param_groups[0]["lr"]
+        self._call("on_before_optimizer_step")
+        self.optimizer.step()     # the method runs from the optimizer's step hooks
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._rewrap and self.method.params is not self._wrapped:
+            self._wrap()
+        self.sched.set(step + 1)
+        self.loop["step"] = step + 1
+        self.ledger.record_step(self.cfg.batch_size)
+
+    def after_step(self, epoch: int, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Losses, the method's records (with the masks' checksum), the periodic train
+        record, the progress bar, then the callbacks' ``on_train_batch_end``."""
+        cfg, ctx, loop, step = self.cfg, self.ctx, self.loop, self.step
+        loop["epoch_step"] += 1
+        window, es = loop["window"], loop["epoch_stats"]
+        window[0] += self._step_loss
+        window[1] += self._step_seen
+        es[0] += self._step_loss
+        es[1] += self._step_seen
+        self._step_loss, self._step_seen = 0.0, 0
+        records = self.sparsity.pop_records()
+        log_now = step % cfg.log_every == 0
+        if ctx.distributed and (records or log_now):
+            dist_utils.check_masks(ctx, self.method.checksum(), step)
+        ep = epoch + loop["epoch_step"] / self.spe
+        # the masks after each structure update, comparable across runs and ranks
+        checksum = self.method.checksum() if records else None
+        for r in records:
+            self.writer.write({"event": "method", "epoch": ep, **r, "step": r.get("step", step),
+                               "mask_checksum": checksum})
+        if log_now:
+            # accuracy of the logged step's (last micro-)batch only: a per-step
+            # accuracy costs more than the whole rest of the loop on small models
+            correct = self.task.hits(logits.detach(), y, 1)
+            loss_sum, seen, correct, n = dist_utils.all_sum(ctx, window + [correct, y.numel()])
+            rec = {"event": "train", "step": step, "epoch": ep, "loss": loss_sum / seen,
+                   "batch_acc": correct / n, "lr": self._lr, "density": self.method.density()}
+            self.writer.write(rec)
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['batch_acc']:.3f}", refresh=False)
+            loop["window"] = [0.0, 0.0]
+        if self.show:
+            self.bar.update(1)
+        loop["metrics_lines"] = self.writer.lines
+        for cb in self.user_callbacks:
+            cb.on_train_batch_end(self)
+
+    def end_epoch(self, epoch: int) -> None:
+        """The epoch's record, evaluation when due, the masks checked across ranks, the
+        record written, a checkpoint when due."""
+        cfg, ctx, loop = self.cfg, self.ctx, self.loop
+        loss_sum, seen = dist_utils.all_sum(ctx, loop["epoch_stats"])
+        rec = {"event": "epoch", "step": self.step, "epoch": epoch + 1, "train_loss": loss_sum / seen,
+               "lr": self.optimizer.param_groups[0]["lr"], "density": self.method.density()}
+        for cb in self.user_callbacks:
+            cb.on_train_epoch_end(self, rec)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            ev = self.validate()
+            rec.update(ev)
+            loop["last_eval"] = ev
+        if ctx.distributed:
+            dist_utils.check_masks(ctx, self.method.checksum(), self.step)
+        self.writer.write(rec)
+        loop.update(epoch=epoch + 1, epoch_step=0, epoch_stats=[0.0, 0.0],
+                    metrics_lines=self.writer.lines, last_train={"train_loss": rec["train_loss"]})
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            self.save_checkpoint(loop["last_eval"].get("test_loss"))
+
+    def validate(self) -> Dict[str, float]:
+        """Test metrics of the sparse model the method stands for (IEE: Θ_K only), on
+        the bare model (DDP's forward would sync buffers over uneven eval shards)."""
+        self._call("on_validation_start")
+        try:
+            return evaluate(self.model, self.test_loader, self.ctx, amp=self.cfg.amp,
+                            channels_last=self.cfg.channels_last, num_classes=self.bundle.num_classes,
+                            task=self.task)
+        finally:
+            self._call("on_validation_end")
+
+    def save_checkpoint(self, eval_loss: Optional[float] = None) -> None:
+        """Write ``checkpoint.pt`` (rank 0), never a non-finite one: a diverged model
+        would be "the last good checkpoint" resume starts from (every rank checks its own)."""
+        loop, out = self.loop, self.out
+        bad = nonfinite_tensors(self.model)
+        if eval_loss is not None and not math.isfinite(eval_loss):
+            bad.append(f"evaluation loss {eval_loss}")
+        if dist_utils.broadcast_flag(self.ctx, bool(bad)):
+            last = out / CHECKPOINT
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written"
+            raise NonFiniteLoss(
+                f"the model became non-finite by step {self.step} (epoch {loop['epoch']}): "
+                f"{', '.join(bad[:5]) or 'on another rank'}; not writing it, {kept} (lower the lr?)")
+        if not self.ctx.is_main:
+            return
+        loop["wall"] = loop["wall_base"] + time.perf_counter() - self.t0
+        checkpoint = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
+            "config": self.cfg.to_dict(), "fingerprint": fingerprint(self.cfg), "regrow_version": __version__,
+        }
+        for cb in self.user_callbacks:
+            cb.on_save_checkpoint(self, checkpoint)
+        ckpt.save(out / CHECKPOINT, checkpoint)
+
+    def summarize(self, report: bool) -> Dict[str, Any]:
+        """``summary.json`` (rank 0) and, with ``report``, the run's plots and table."""
+        cfg, ctx, loop, method, ledger = self.cfg, self.ctx, self.loop, self.method, self.ledger
+        step = self.step
+        checksums = dist_utils.check_masks(ctx, method.checksum(), step)
+        summary = {
+            "method": cfg.method, "model": cfg.model, "data": cfg.data,
+            "target_density": float(method.config.density), "final_density": method.density(),
+            "distribution": method.config.distribution, "structure": method.config.structure,
+            "per_layer_density": method.layer_densities(),
+            "test_top1": loop["last_eval"].get("test_acc"), "test_loss": loop["last_eval"].get("test_loss"),
+            **({"test_top5": loop["last_eval"]["test_top5"]} if "test_top5" in loop["last_eval"] else {}),
+            **({"val_perplexity": loop["last_eval"]["val_perplexity"]} if "val_perplexity" in loop["last_eval"]
+               else {}),
+            **loop.get("last_train", {}),
+            "steps": step, "epochs": cfg.epochs, "steps_per_epoch": self.spe, "total_steps": self.total_steps,
+            "batch_size": cfg.batch_size, "world_size": ctx.world_size, "device": str(ctx.device),
+            "wall_seconds": loop["wall_base"] + time.perf_counter() - self.t0, "seed": cfg.seed,
+            "train_step_seconds": loop["train_wall"], "train_step_cpu_seconds": loop["train_cpu"],
+            "steps_per_second": step / loop["train_wall"] if loop["train_wall"] > 0 else None,
+            "mask_checksums": checksums, "regrow_version": __version__, "torch_version": torch.__version__,
+            "data_seed": data_seed(cfg), "method_class": method.name, "config_fingerprint": fingerprint(cfg),
+        }
+        if ctx.is_main:
+            # channel methods: predicted vs measured latency, throughput, MACs, parameters
+            # (a fresh dense model is the reference once the trained one was slimmed in place)
+            figures = method.summary(measure=True, reference=lambda: self._build_model(
+                cfg.model, self.bundle.input_shape, self.bundle.num_classes, **cfg.model_options).to(ctx.device))
+            if figures:
+                summary["structured"] = figures
+        summary["train_flops_relative"] = float(ledger.relative)
+        summary["train_flops_physical_relative"] = float(ledger.physical_relative)
+        summary["train_flops_executed_relative"] = float(ledger.executed_relative)
+        summary["inference_flops"] = float(ledger.inference_flops())
+        summary["dense_inference_flops"] = float(ledger.dense_inference_flops())
+        for cb in self.user_callbacks:
+            cb.on_fit_end(self, summary)
+        if ctx.is_main:
+            ckpt.write_text(self.out / SUMMARY, dumps(summary, indent=2) + "\n")
+            if report:
+                from ..report import render_run
+                render_run(self.out)
+        return summary
+
+
+def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_model, *,
+         overwrite: bool = False, check_only: bool = False, callbacks: Sequence[Callback] = ()):
+    trainer = Trainer(cfg, ctx, out, load_dataset=load_dataset, build_model=build_model, callbacks=callbacks)
+    trainer.setup(fresh=state is None)
+    if check_only:
+        return {}
+    if state is not None:
+        trainer.restore(state)
+    else:
+        trainer.start(overwrite)
+    if trainer.fit(stop_after_steps):
         if ctx.is_main and not cfg.quiet:
-            print(f"stopped after {step} steps; continue with: regrow resume {out}")
-        return {"stopped_at_step": step}
-    summary = {
-        "method": cfg.method, "model": cfg.model, "data": cfg.data,
-        "target_density": float(method.config.density), "final_density": method.density(),
-        "distribution": method.config.distribution, "structure": method.config.structure,
-        "per_layer_density": method.layer_densities(),
-        "test_top1": loop["last_eval"].get("test_acc"), "test_loss": loop["last_eval"].get("test_loss"),
-        **({"test_top5": loop["last_eval"]["test_top5"]} if "test_top5" in loop["last_eval"] else {}),
-        **({"val_perplexity": loop["last_eval"]["val_perplexity"]} if "val_perplexity" in loop["last_eval"] else {}),
-        **loop.get("last_train", {}),
-        "steps": step, "epochs": cfg.epochs, "steps_per_epoch": spe, "total_steps": total_steps,
-        "batch_size": cfg.batch_size, "world_size": ctx.world_size, "device": str(ctx.device),
-        "wall_seconds": loop["wall_base"] + time.perf_counter() - t0, "seed": cfg.seed,
-        "train_step_seconds": loop["train_wall"], "train_step_cpu_seconds": loop["train_cpu"],
-        "steps_per_second": step / loop["train_wall"] if loop["train_wall"] > 0 else None,
-        "mask_checksums": checksums, "regrow_version": __version__, "torch_version": torch.__version__,
-        "data_seed": data_seed(cfg), "method_class": method.name, "config_fingerprint": fingerprint(cfg),
-    }
-    if ctx.is_main:
-        # channel methods: predicted vs measured latency, throughput, MACs, parameters
-        # (a fresh dense model is the reference once the trained one was slimmed in place)
-        figures = method.summary(measure=True, reference=lambda: build_model(
-            cfg.model, bundle.input_shape, bundle.num_classes, **cfg.model_options).to(ctx.device))
-        if figures:
-            summary["structured"] = figures
-    summary["train_flops_relative"] = float(ledger.relative)
-    summary["train_flops_physical_relative"] = float(ledger.physical_relative)
-    summary["train_flops_executed_relative"] = float(ledger.executed_relative)
-    summary["inference_flops"] = float(ledger.inference_flops())
-    summary["dense_inference_flops"] = float(ledger.dense_inference_flops())
-    if ctx.is_main:
-        ckpt.write_text(out / SUMMARY, dumps(summary, indent=2) + "\n")
-        if report:
-            from ..report import render_run
-            render_run(out)
-    return summary
+            print(f"stopped after {trainer.step} steps; continue with: regrow resume {out}")
+        dist_utils.check_masks(ctx, trainer.method.checksum(), trainer.step)
+        return {"stopped_at_step": trainer.step}
+    return trainer.summarize(report)
