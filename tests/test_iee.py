@@ -658,3 +658,25 @@ def test_budget_aware_preset_is_the_trained_clock_and_off_by_default():
     assert [a.lr_step(s) for s in range(40)] == [b.lr_step(s) for s in range(40)]
     with pytest.raises(ValueError, match="budget_aware"):
         make(budget_aware="yes")
+
+
+def test_budget_stage_length_reproduces_the_measured_configuration():
+    from regrow.methods.iee import budget_stage_length
+    # MNIST-1D sweep, 31 steps per epoch: k = max(10, round(T/186)), winner H = J = Q = k // 2
+    assert [budget_stage_length(31 * e) for e in (10, 20, 40, 80, 160)] == [5, 5, 5, 6, 13]
+    assert budget_stage_length(468 * 40) == 50 and budget_stage_length(None) == 5
+
+
+def test_budget_aware_scales_unset_stages_with_the_run_and_keeps_given_ones():
+    def build(**cfg):
+        model = MLP()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return regrow.create("iee", model, opt, density=0.3, **cfg).config
+    paper = build(total_steps=4000)
+    assert (paper.H, paper.J, paper.Q, paper.update_interval) == (100, 100, 100, 300)
+    auto = build(total_steps=4960, budget_aware=True)
+    assert (auto.H, auto.J, auto.Q, auto.update_interval, auto.lr_clock) == (13, 13, 13, 39, "trained")
+    mixed = build(total_steps=4960, budget_aware=True, Q=4)
+    assert (mixed.H, mixed.J, mixed.Q) == (13, 13, 4)
+    # the stage length follows total_steps, so a longer run has longer stages
+    assert build(total_steps=4960 * 4, budget_aware=True).H == 53
