@@ -30,11 +30,10 @@ optimizer's step hooks, whoever calls ``optimizer.step()``):
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from ..methods.base import SparseMethod
 from . import _common
-from .protocol import Fit, SparsityCallback
+from .protocol import Adapter, Fit, SparsityCallback
 
 _common.require("lightning.pytorch", "lightning", "lightning>=2.2")
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -42,7 +41,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 __all__ = ["RegrowCallback"]
 
 
-class RegrowCallback(Callback):
+class RegrowCallback(Adapter, Callback):
     """Run regrow method ``method`` (a registered name: ``"rigl"``, ``"iee"``, …) with
     ``options`` (the method's Config fields: ``density``, ``distribution``,
     ``update_interval``, ``include``/``exclude``, …) on the LightningModule's weights.
@@ -65,18 +64,6 @@ class RegrowCallback(Callback):
         self._log = bool(log)
         self._fit: Optional[Fit] = None
         self._view: Optional[Dict[str, Any]] = None
-
-    @property
-    def spec(self) -> _common.MethodSpec:
-        return self.core.spec
-
-    @property
-    def sparsity(self) -> Optional[SparseMethod]:
-        return self.core.method
-
-    @property
-    def records(self) -> List[Dict[str, Any]]:
-        return self.core.records
 
     @property
     def state_key(self) -> str:

@@ -32,7 +32,7 @@ from torch import nn
 from ..methods.base import RunFacts, SparseMethod
 from . import _common
 
-__all__ = ["Fit", "Callback", "SparsityCallback"]
+__all__ = ["Fit", "Callback", "SparsityCallback", "Adapter"]
 
 
 @dataclass
@@ -191,3 +191,24 @@ class SparsityCallback(Callback):
 
     def on_exception(self, fit: Any, exception: BaseException) -> None:
         self._eval.close()   # training values back even when a run dies inside validation
+
+
+class Adapter:
+    """Base of a framework's callback that adapts its events to ``self.core``, the
+    :class:`SparsityCallback`: the method as ``sparsity``, its records and spec."""
+
+    core: SparsityCallback
+
+    @property
+    def spec(self) -> _common.MethodSpec:
+        return self.core.spec
+
+    @property
+    def sparsity(self) -> Optional[SparseMethod]:
+        """The :class:`regrow.SparseMethod` (``None`` before training starts)."""
+        return self.core.method
+
+    @property
+    def records(self) -> List[Dict[str, Any]]:
+        """Every structure-update record so far."""
+        return self.core.records

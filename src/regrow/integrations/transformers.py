@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
-from ..methods.base import SparseMethod
 from . import _common
-from .protocol import Fit, SparsityCallback
+from .protocol import Adapter, Fit, SparsityCallback
 
 _common.require("transformers", "transformers", "transformers>=4.40")
 from transformers import Trainer, TrainerCallback  # noqa: E402
@@ -67,7 +66,7 @@ def _torch_optimizer(opt: Any) -> torch.optim.Optimizer:
     return opt
 
 
-class RegrowCallback(TrainerCallback):
+class RegrowCallback(Adapter, TrainerCallback):
     """Run regrow method ``method`` (a registered name: ``"rigl"``, ``"iee"``, …) with
     ``options`` (the method's Config fields: ``density``, ``distribution``,
     ``update_interval``, ``include``/``exclude``, …) on the Trainer's model. Needs a
@@ -84,18 +83,6 @@ class RegrowCallback(TrainerCallback):
         self._fit: Optional[Fit] = None
         self._trainer: Optional[Trainer] = None
         self._resume_dir: Optional[str] = None
-
-    @property
-    def spec(self) -> _common.MethodSpec:
-        return self.core.spec
-
-    @property
-    def sparsity(self) -> Optional[SparseMethod]:
-        return self.core.method
-
-    @property
-    def records(self) -> List[Dict[str, Any]]:
-        return self.core.records
 
     def _bind(self, trainer: Trainer, resume_dir: Optional[str]) -> None:
         self._trainer, self._resume_dir = trainer, resume_dir
