@@ -1,7 +1,11 @@
-"""The training loop behind ``regrow train`` / ``regrow resume`` (and ``torchrun -m regrow``).
+"""The training loop behind ``regrow train`` / ``regrow resume`` (and ``torchrun -m regrow``):
+:class:`Trainer`, in named phases, with the callback protocol of
+:mod:`regrow.integrations.protocol` (the method itself runs through the same
+``SparsityCallback`` the Lightning and Hugging Face integrations adapt).
 
 One optimizer step = ``grad_accum`` micro-batches forward/backward, then
-``method.step()`` (masked optimizer step + structure updates), then
+the callbacks' ``on_before_optimizer_step``, ``optimizer.step()`` (the method masks the update and
+runs structure updates from its step hooks), then
 ``optimizer.zero_grad(set_to_none=True)``, then the next step's LR (a pure function of the step). The run
 directory gets ``config.yaml``, ``metrics.jsonl``, ``summary.json``,
 ``checkpoint.pt`` and ``plots/`` (see :mod:`regrow.report`).
