@@ -15,11 +15,16 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from .sharding import count_global, full, is_sharded, shard_like
+
 _SCHEMA = "regrow.SparseState/1"
 
 
 def count_true(mask: torch.Tensor) -> int:
-    """Number of True entries of a bool tensor (numpy's count on CPU: ~6x torch's)."""
+    """Number of True entries of a bool tensor (numpy's count on CPU: ~6x torch's); of
+    the whole tensor for an FSDP2-sharded one (a collective: call it on every rank)."""
+    if is_sharded(mask):
+        return count_global(mask)
     if mask.device.type == "cpu" and mask.dtype == torch.bool:
         return int(np.count_nonzero(mask.detach().numpy()))
     return int(torch.count_nonzero(mask))
@@ -93,28 +98,43 @@ class SparseState:
                     f"mask '{k}' has shape {tuple(m.shape)} in the checkpoint "
                     f"but {tuple(self.masks[k].shape)} in the model"
                 )
-            self.masks[k] = m.to(self.masks[k].device, torch.bool).clone()
-        device = {k: m.device for k, m in self.masks.items()}
+            self.masks[k] = _like(m.to(self.masks[k].device, torch.bool).clone(), self.masks[k])
+        like = dict(self.masks)
         self.targets = dict(sd["targets"])
         self.step = int(sd["step"])
-        self.dormant = {k: v.to(device.get(k, v.device)).clone() for k, v in sd["dormant"].items()}
+        self.dormant = {k: _like(v.to(like[k].device if k in like else v.device).clone(), like.get(k))
+                        for k, v in sd["dormant"].items()}
         self.buffers = {
-            b: {k: v.to(device.get(k, v.device)).clone() for k, v in d.items()}
+            b: {k: _like(v.to(like[k].device if k in like else v.device).clone(), like.get(k))
+                for k, v in d.items()}
             for b, d in sd["buffers"].items()
         }
         self.counters = copy.deepcopy(sd["counters"])
+
+
+def _like(value: torch.Tensor, ref: Optional[torch.Tensor]) -> torch.Tensor:
+    """A loaded tensor laid out like this model's (a whole tensor from a checkpoint of an
+    unsharded run, loaded into an FSDP2 one, keeps this rank's shard; a per-weight
+    tensor of a sharded run loaded unsharded is gathered)."""
+    if ref is None or value.shape != ref.shape:
+        return value
+    if is_sharded(ref):
+        return shard_like(value, ref)
+    return full(value)
 
 
 def mask_checksum(masks: Dict[str, torch.Tensor]) -> int:
     """CRC32 over every mask's packed bits, in name order.
 
     Cheap enough to compare across ranks at every structure update: equal
-    checksums mean (with overwhelming probability) identical masks.
+    checksums mean (with overwhelming probability) identical masks. FSDP2-sharded masks
+    are gathered one at a time (a collective), so the checksum is the whole mask's,
+    equal to a single-process run's.
     """
     crc = 0
     for name in sorted(masks):
         crc = zlib.crc32(name.encode(), crc)
-        bits = np.packbits(masks[name].detach().to("cpu", torch.bool).numpy().ravel())
+        bits = np.packbits(full(masks[name]).detach().to("cpu", torch.bool).numpy().ravel())
         crc = zlib.crc32(bits.tobytes(), crc)
     return crc
 

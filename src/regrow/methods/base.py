@@ -35,6 +35,7 @@ from ..modules import (  # noqa: F401  (SPARSE_MODULES, sparse_parameters, unwra
 )
 from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
+from ..sharding import check_shardable, full, full_dict, shard_like
 from ..schedules import FRACTION_SCHEDULES, update_fraction
 from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
@@ -248,6 +249,7 @@ class SparseMethod(metaclass=_MethodMeta):
         self._grads_masked = False
         self._staged: Dict[str, Dict[str, torch.Tensor]] = {}
         self._pristine: Optional[Pristine] = None
+        check_shardable(self.name, self.structures, self.model)
 
     def _constructed(self) -> None:
         """After the whole constructor: seal the undo record, attach to the optimizer."""
@@ -336,18 +338,21 @@ class SparseMethod(metaclass=_MethodMeta):
         return self.select(scores, targets)
 
     def select(self, scores: Dict[str, torch.Tensor], targets: Dict[str, int]) -> Dict[str, torch.Tensor]:
-        """Top-scored masks at ``targets`` per layer, or at their total under ``global``."""
+        """Top-scored masks at ``targets`` per layer, or at their total under ``global``.
+        FSDP2: chosen on the gathered scores, each rank keeps its shard (:mod:`regrow.sharding`)."""
         if self.is_global:
+            scores = full_dict(scores)
             dense = set(self.dense_names())
             sparse = {n: s for n, s in scores.items() if n not in dense}
             masks = global_topk(sparse, sum(targets[n] for n in sparse))
             masks.update({n: torch.ones_like(scores[n], dtype=torch.bool) for n in dense})
-            masks = {n: masks[n] for n in scores}
+            masks = {n: shard_like(masks[n], self.params[n]) for n in scores}
             for n, m in masks.items():
                 targets[n] = count_true(m)
             return masks
-        return {n: torch.ones_like(s, dtype=torch.bool) if targets[n] >= s.numel()
-                else self.structure_topk(n, s, targets[n]) for n, s in scores.items()}
+        return {n: shard_like(torch.ones_like(s, dtype=torch.bool) if targets[n] >= s.numel()
+                              else self.structure_topk(n, full(s), targets[n]), self.params[n])
+                for n, s in scores.items()}
 
     # The structure's per-layer operations on one weight, run on its [out, in, ...] view
     # so that N:M blocks lie along the true input dimension (HF Conv1D stores [in, out]);
@@ -602,12 +607,13 @@ class SparseMethod(metaclass=_MethodMeta):
         if self.is_global:
             sparse = self.updatable_names()
             fn = global_prune if kind == "prune" else global_grow
-            out = fn({n: scores[n] for n in sparse}, {n: masks[n] for n in sparse}, counts["*"])
-            return {n: out[n] if n in out else masks[n].clone() for n in self.names}
+            # FSDP2: the single-process choice on gathered tensors, each rank keeps its shard
+            out = fn({n: full(scores[n]) for n in sparse}, {n: full(masks[n]) for n in sparse}, counts["*"])
+            return {n: shard_like(out[n], self.params[n]) if n in out else masks[n].clone() for n in self.names}
         sparse = set(self.updatable_names())
         fn = self.structure_prune if kind == "prune" else self.structure_grow
-        return {n: fn(n, scores[n], masks[n], counts[n]) if n in sparse else masks[n].clone()
-                for n in self.names}
+        return {n: shard_like(fn(n, full(scores[n]), full(masks[n]), counts[n]), self.params[n])
+                if n in sparse else masks[n].clone() for n in self.names}
 
     def prune(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
               masks: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:

@@ -65,6 +65,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..schedules import sigmoid_mask_lr, sigmoid_ramp, sigmoid_sparsity
+from ..sharding import full, shard_like
 from ..structures import kth_smallest
 from .base import METHODS, RunFacts, SparseMethod, SparsityConfig, warn_user
 
@@ -121,8 +122,9 @@ class OptG(SparseMethod):
         super().__init__(*args, **kwargs)
         if self.optimizer is None:
             raise ValueError("OptG trains its scores with the model's optimizer; pass optimizer=...")
+        # zeros_like: sharded like the weight under FSDP2
         self._scores: Dict[str, torch.Tensor] = {
-            n: torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+            n: torch.zeros_like(p.detach(), dtype=torch.promote_types(p.dtype, torch.float32))
             for n, p in self.params.items()
         }
         self.state.buffers[SCORES] = self._scores
@@ -205,11 +207,12 @@ class OptG(SparseMethod):
         return masks
 
     def _global_masks(self, scores: Dict[str, torch.Tensor], kept: int) -> Dict[str, torch.Tensor]:
-        """Top-``kept`` of the scores over all sparse layers (dense_first_last stay dense)."""
+        """Top-``kept`` of the scores over all sparse layers (dense_first_last stay dense).
+        FSDP2: chosen on the gathered scores, each rank keeps its shard."""
         dense = set(self.dense_names())
         sparse = [n for n in self.names if n not in dense]
         budget = kept - sum(self.params[n].numel() for n in dense)
-        flat = torch.cat([scores[n].reshape(-1) for n in sparse])
+        flat = torch.cat([full(scores[n]).reshape(-1) for n in sparse])
         keep = topk_random_ties(flat, budget, self.generator)
         out, i = {}, 0
         for n in self.names:
@@ -219,7 +222,7 @@ class OptG(SparseMethod):
                 size = self.params[n].numel()
                 out[n] = keep[i : i + size].view(self.params[n].shape).to(self.params[n].device)
                 i += size
-        return out
+        return {n: shard_like(m, self.params[n]) for n, m in out.items()}
 
     @property
     def scores(self) -> Dict[str, torch.Tensor]:

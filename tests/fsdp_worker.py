@@ -1,0 +1,137 @@
+"""Runs for tests/test_fsdp.py: the same short sparse training run on one process (an
+ordinary model) or on every rank of a gloo group (the model ``fully_shard``-ed per
+layer and at the root). Every rank feeds the same batches, so the two runs compute
+bit-identical gradients (FSDP2's reduce-scatter averages equal values) and must make
+bit-identical mask decisions."""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import regrow
+from regrow.optim import param_state_tensors
+from regrow.sharding import is_sharded, local
+
+STEPS = 10
+
+# method -> options for a 10-step run with structure updates inside it
+METHODS: Dict[str, Dict[str, Any]] = {
+    "dense": {},
+    "static": {"density": 0.3},
+    "snip": {"density": 0.3},
+    "set": {"density": 0.3, "update_interval": 2},
+    "rigl": {"density": 0.3, "update_interval": 2, "distribution": "global"},
+    "gmp": {"density": 0.3, "update_interval": 2},
+    "dst_ee": {"density": 0.3, "update_interval": 2},
+    "optg": {"density": 0.3, "epoch_steps": 3},
+    "iee": {"density": 0.3, "H": 1, "J": 1, "Q": 1},
+    "asp": {},
+    "rigl_nm": {"structure": "nm", "update_interval": 2},
+}
+
+
+class MLP(nn.Module):
+    """Layers with uneven row shards on two ranks (fc3: 5 rows) and N:M-friendly inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 28)
+        self.fc2 = nn.Linear(28, 20)
+        self.fc3 = nn.Linear(20, 5)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def batch(step: int):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(12, 16, generator=g), torch.randint(0, 5, (12,), generator=g)
+
+
+def loss_fn(model, b):
+    return nn.functional.cross_entropy(model(b[0]), b[1])
+
+
+def build(key: str, sharded: bool, optimizer: str = "sgd"):
+    torch.manual_seed(0)
+    model = MLP()
+    if sharded:
+        from torch.distributed.fsdp import fully_shard
+        for layer in (model.fc1, model.fc2, model.fc3):
+            fully_shard(layer)
+        fully_shard(model)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    name = key.split("_nm")[0]
+    method = regrow.create(name, model, opt, total_steps=STEPS, seed=3, **METHODS[key])
+    if method.needs_data:
+        method.calibrate([batch(-1 - i) for i in range(2)], loss_fn)
+    return model, opt, method
+
+
+def violations(method, opt) -> List[str]:
+    """Inactive weights and their optimizer state that are not 0 (on this rank's shards)."""
+    bad = []
+    live = method.live_masks()
+    for n, p in method.params.items():
+        dead = ~local(live[n])
+        if torch.any(local(p.detach())[dead] != 0):
+            bad.append(f"{n} weight")
+        for t in param_state_tensors(opt, p):
+            if torch.any(local(t)[dead] != 0):
+                bad.append(f"{n} optimizer state")
+    return bad
+
+
+def train(key: str, sharded: bool, steps: int = STEPS, optimizer: str = "sgd", start=None):
+    """Checksums after every step, invariant violations and the final whole weights.
+    ``start``: (model, opt, method) to continue from (a resumed run)."""
+    model, opt, method = start if start is not None else build(key, sharded, optimizer)
+    checks, bad = [], []
+    first = method.state.step
+    for step in range(first, first + steps):
+        loss_fn(model, batch(step)).backward()
+        opt.step()
+        opt.zero_grad()
+        bad += [f"step {step + 1}: {v}" for v in violations(method, opt)]
+        checks.append(method.checksum())
+    st = method.state
+    per_weight = [st.masks, st.dormant, *st.buffers.values()]
+    state_sharded = all(is_sharded(t) for d in per_weight for n, t in d.items()
+                        if n in method.params and t.shape == method.params[n].shape)
+    weights = {k: v.full_tensor() if is_sharded(v) else v.clone() for k, v in model.state_dict().items()}
+    return {"checksums": checks, "violations": bad, "weights": weights,
+            "density": method.density(), "state_sharded": state_sharded,
+            "sharded": all(is_sharded(p) for p in method.params.values())}
+
+
+def init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def run_methods(rank: int, world: int, port: int, out: str, keys: List[str]) -> None:
+    """mp.spawn target: every method in ``keys`` on the sharded model; rank 0 saves."""
+    init(rank, world, port)
+    results: Dict[str, Any] = {}
+    try:
+        for key in keys:
+            results[key] = train(key, sharded=True, optimizer="adam" if key == "iee" else "sgd")
+    except Exception:
+        results["error"] = f"rank {rank}: {traceback.format_exc()}"
+    if rank == 0 or "error" in results:
+        torch.save(results, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def reference(key: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
+    torch.set_num_threads(1)
+    return train(key, sharded=False, optimizer=optimizer or ("adam" if key == "iee" else "sgd"))
