@@ -125,6 +125,12 @@ def run_methods(rank: int, world: int, port: int, out: str, keys: List[str]) -> 
     try:
         for key in keys:
             results[key] = train(key, sharded=True, optimizer="adam" if key == "iee" else "sgd")
+        model, opt, _ = build("dense", True)
+        try:
+            regrow.create("halp", model, opt, total_steps=STEPS)
+            results["channel"] = "built"
+        except ValueError as e:
+            results["channel"] = str(e)
     except Exception:
         results["error"] = f"rank {rank}: {traceback.format_exc()}"
     if rank == 0 or "error" in results:
@@ -135,3 +141,57 @@ def run_methods(rank: int, world: int, port: int, out: str, keys: List[str]) -> 
 def reference(key: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
     torch.set_num_threads(1)
     return train(key, sharded=False, optimizer=optimizer or ("adam" if key == "iee" else "sgd"))
+
+
+def payload(model, opt, method) -> Dict[str, Any]:
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict()}
+
+
+def restore(sd: Dict[str, Any], key: str, sharded: bool, optimizer: str):
+    model, opt, method = build(key, sharded, optimizer)
+    model.load_state_dict(sd["model"])
+    opt.load_state_dict(sd["optimizer"])
+    method.load_state_dict(sd["method"])
+    return model, opt, method
+
+
+def run_checkpoints(rank: int, world: int, port: int, out: str, cases) -> None:
+    """mp.spawn target: :func:`run_checkpoint` for each (method, optimizer) in ``cases``."""
+    init(rank, world, port)
+    for key, optimizer in cases:
+        os.makedirs(f"{out}/{key}", exist_ok=True)
+        run_checkpoint(rank, f"{out}/{key}", key, optimizer)
+    dist.destroy_process_group()
+
+
+def run_checkpoint(rank: int, out: str, key: str, optimizer: str) -> None:
+    """mp.spawn target: train 3 steps, save a sharded checkpoint, train 7 more (the run to
+    match); then a fresh model, optimizer and method restored from the checkpoint train
+    the same 7 steps."""
+    from regrow.train import checkpoint as ckpt
+
+    results: Dict[str, Any] = {}
+    try:
+        model, opt, method = build(key, True, optimizer)
+        train(key, True, steps=3, start=(model, opt, method))
+        ckpt.save_sharded(f"{out}/ckpt.pt", payload(model, opt, method))
+        results["straight"] = train(key, True, steps=7, start=(model, opt, method))
+        del model, opt, method
+        sd = ckpt.load(f"{out}/ckpt.pt", required=("model", "optimizer", "method"))
+        mesh = next(iter(dict(build(key, True, optimizer)[2].params).values())).device_mesh
+        sd = ckpt.load_shards(f"{out}/ckpt.pt", sd, mesh)
+        results["resumed"] = train(key, True, steps=7, start=restore(sd, key, True, optimizer))
+    except Exception:
+        results["error"] = f"rank {rank}: {traceback.format_exc()}"
+    if rank == 0 or "error" in results:
+        torch.save(results, f"{out}/rank{rank}.pt")
+
+
+def resume_unsharded(out: str, key: str, optimizer: str) -> Dict[str, Any]:
+    """The 2-rank checkpoint resumed by one process on an ordinary model."""
+    from regrow.train import checkpoint as ckpt
+
+    torch.set_num_threads(1)
+    sd = ckpt.load(f"{out}/ckpt.pt", required=("model", "optimizer", "method"))
+    sd = ckpt.load_shards(f"{out}/ckpt.pt", sd, None)
+    return train(key, False, steps=7, start=restore(sd, key, False, optimizer))

@@ -1,0 +1,99 @@
+"""FSDP2 (``fully_shard``) sparse training on a 2-rank gloo group (CPU).
+
+Every rank feeds the same batches, so a sharded run and a one-process run compute the
+same gradients bit for bit; the sharded run must then choose the same masks (equal
+checksums after every step) and end with the same weights, keep every inactive weight
+and its optimizer state at zero on every shard, and resume from a sharded
+(``torch.distributed.checkpoint``) checkpoint bit-identically on two ranks and on one."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import fsdp_worker as W
+from regrow.sharding import count_local, full, is_sharded, local, shard_like
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load(path) -> dict:
+    r = torch.load(path, weights_only=False)
+    assert "error" not in r, r.get("error")
+    return r
+
+
+def _same_run(a: dict, b: dict) -> None:
+    assert a["checksums"] == b["checksums"]
+    assert set(a["weights"]) == set(b["weights"])
+    for n in a["weights"]:
+        assert torch.equal(a["weights"][n], b["weights"][n]), n
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_methods")
+    mp.spawn(W.run_methods, args=(2, free_port(), str(out), list(W.METHODS)), nprocs=2, join=True)
+    return _load(out / "rank0.pt")
+
+
+@pytest.mark.parametrize("key", list(W.METHODS))
+def test_two_ranks_choose_the_masks_of_one_process(sharded_runs, key):
+    run = sharded_runs[key]
+    assert run["sharded"] and run["state_sharded"], "parameters and per-weight state are DTensor shards"
+    ref = W.reference(key)
+    _same_run(run, ref)
+    if key in ("set", "rigl", "gmp", "dst_ee", "optg", "iee", "rigl_nm"):
+        assert len(set(run["checksums"])) > 1, "the structure changed during the run"
+
+
+@pytest.mark.parametrize("key", list(W.METHODS))
+def test_inactive_weights_and_optimizer_state_stay_zero_on_every_shard(sharded_runs, key):
+    # checked on rank 0's shards in the run and on rank 1's (its failure would be saved)
+    assert sharded_runs[key]["violations"] == []
+
+
+def test_channel_methods_refuse_sharded_models(sharded_runs):
+    assert "does not run on an FSDP2-sharded model" in sharded_runs["channel"]
+
+
+CHECKPOINT_CASES = [("iee", "adam"), ("optg", "sgd")]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_ckpt")
+    mp.spawn(W.run_checkpoints, args=(2, free_port(), str(out), CHECKPOINT_CASES), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("key,optimizer", CHECKPOINT_CASES)
+def test_sharded_checkpoint_resumes_bit_identically_on_two_ranks(checkpoint_runs, key, optimizer):
+    r = _load(checkpoint_runs / key / "rank0.pt")
+    _same_run(r["straight"], r["resumed"])
+    assert len(set(r["straight"]["checksums"])) > 1, "the masks changed after the checkpoint"
+    shards = list((checkpoint_runs / key).glob("ckpt.pt.shards-*"))
+    assert len(shards) == 1 and (shards[0] / ".metadata").is_file()
+
+
+@pytest.mark.parametrize("key,optimizer", CHECKPOINT_CASES)
+def test_two_rank_checkpoint_resumes_on_one_process(checkpoint_runs, key, optimizer):
+    r = _load(checkpoint_runs / key / "rank0.pt")
+    one = W.resume_unsharded(str(checkpoint_runs / key), key, optimizer)
+    assert one["violations"] == []
+    _same_run(r["straight"], one)
+
+
+def test_helpers_are_the_identity_without_fsdp():
+    t = torch.tensor([[True, False], [True, True]])
+    assert not is_sharded(t)
+    assert full(t) is t and local(t) is t and shard_like(t, t) is t
+    assert count_local(t) == 3
