@@ -118,9 +118,19 @@ def init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def run_methods(rank: int, world: int, port: int, out: str, keys: List[str]) -> None:
-    """mp.spawn target: every method in ``keys`` on the sharded model; rank 0 saves."""
+def run_all(rank: int, world: int, port: int, out: str, keys: List[str], cases) -> None:
+    """mp.spawn target: :func:`run_methods`, then :func:`run_checkpoint` for each
+    (method, optimizer) in ``cases``, in one process group (a spawn costs seconds)."""
     init(rank, world, port)
+    run_methods(rank, out, keys)
+    for key, optimizer in cases:
+        os.makedirs(f"{out}/{key}", exist_ok=True)
+        run_checkpoint(rank, f"{out}/{key}", key, optimizer)
+    dist.destroy_process_group()
+
+
+def run_methods(rank: int, out: str, keys: List[str]) -> None:
+    """Every method in ``keys`` on the sharded model; rank 0 saves the results."""
     results: Dict[str, Any] = {}
     try:
         for key in keys:
@@ -135,7 +145,6 @@ def run_methods(rank: int, world: int, port: int, out: str, keys: List[str]) -> 
         results["error"] = f"rank {rank}: {traceback.format_exc()}"
     if rank == 0 or "error" in results:
         torch.save(results, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def reference(key: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
@@ -155,17 +164,8 @@ def restore(sd: Dict[str, Any], key: str, sharded: bool, optimizer: str):
     return model, opt, method
 
 
-def run_checkpoints(rank: int, world: int, port: int, out: str, cases) -> None:
-    """mp.spawn target: :func:`run_checkpoint` for each (method, optimizer) in ``cases``."""
-    init(rank, world, port)
-    for key, optimizer in cases:
-        os.makedirs(f"{out}/{key}", exist_ok=True)
-        run_checkpoint(rank, f"{out}/{key}", key, optimizer)
-    dist.destroy_process_group()
-
-
 def run_checkpoint(rank: int, out: str, key: str, optimizer: str) -> None:
-    """mp.spawn target: train 3 steps, save a sharded checkpoint, train 7 more (the run to
+    """Train 3 steps, save a sharded checkpoint, train 7 more (the run to
     match); then a fresh model, optimizer and method restored from the checkpoint train
     the same 7 steps."""
     from regrow.train import checkpoint as ckpt

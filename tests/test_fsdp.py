@@ -7,7 +7,12 @@ and its optimizer state at zero on every shard, and resume from a sharded
 (``torch.distributed.checkpoint``) checkpoint bit-identically on two ranks and on one."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -38,11 +43,21 @@ def _same_run(a: dict, b: dict) -> None:
         assert torch.equal(a["weights"][n], b["weights"][n]), n
 
 
+CHECKPOINT_CASES = [("iee", "adam"), ("optg", "sgd")]
+
+
 @pytest.fixture(scope="module")
-def sharded_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_methods")
-    mp.spawn(W.run_methods, args=(2, free_port(), str(out), list(W.METHODS)), nprocs=2, join=True)
-    return _load(out / "rank0.pt")
+def spawned(tmp_path_factory):
+    """One 2-rank gloo group runs every method and the checkpoint cases."""
+    out = tmp_path_factory.mktemp("fsdp")
+    mp.spawn(W.run_all, args=(2, free_port(), str(out), list(W.METHODS), CHECKPOINT_CASES),
+             nprocs=2, join=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(spawned):
+    return _load(spawned / "rank0.pt")
 
 
 @pytest.mark.parametrize("key", list(W.METHODS))
@@ -65,14 +80,9 @@ def test_channel_methods_refuse_sharded_models(sharded_runs):
     assert "does not run on an FSDP2-sharded model" in sharded_runs["channel"]
 
 
-CHECKPOINT_CASES = [("iee", "adam"), ("optg", "sgd")]
-
-
 @pytest.fixture(scope="module")
-def checkpoint_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_ckpt")
-    mp.spawn(W.run_checkpoints, args=(2, free_port(), str(out), CHECKPOINT_CASES), nprocs=2, join=True)
-    return out
+def checkpoint_runs(spawned):
+    return spawned
 
 
 @pytest.mark.parametrize("key,optimizer", CHECKPOINT_CASES)
@@ -97,3 +107,49 @@ def test_helpers_are_the_identity_without_fsdp():
     assert not is_sharded(t)
     assert full(t) is t and local(t) is t and shard_like(t, t) is t
     assert count_local(t) == 3
+
+
+# ---- regrow train --fsdp under torchrun -------------------------------------------
+RUN = ["--method", "dst_ee", "--model", "mlp", "--model-opt", "hidden=[20]", "--data", "synthetic",
+       "--synthetic", "shape=[1,16]", "--synthetic", "num_classes=4", "--synthetic", "train_size=64",
+       "--synthetic", "test_size=30", "--epochs", "2", "--batch-size", "16", "--update-interval", "2",
+       "--log-every", "1", "--density", "0.3", "--optimizer", "adamw", "--lr", "0.01", "--fsdp"]
+
+
+def _torchrun(*args: str, nproc: int = 2) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+              if nproc > 1 else [sys.executable])
+    proc = subprocess.run([*launch, "-m", "regrow", *args], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _records(out) -> list:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _comparable(r: dict) -> dict:
+    return {k: v for k, v in r.items() if "wall" not in k and "second" not in k and k != "time"}
+
+
+@pytest.mark.slow
+def test_fsdp_cli_resume_is_bit_identical_and_a_two_rank_checkpoint_resumes_on_one(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _torchrun("train", *RUN, "--device", "cpu", "--quiet", "--out", str(whole))
+    _torchrun("train", *RUN, "--device", "cpu", "--quiet", "--out", str(split), "--stop-after-steps", "3")
+    assert list(split.glob("checkpoint.pt.shards-*")), "an FSDP2 run writes a sharded checkpoint"
+    one = tmp_path / "one"
+    shutil.copytree(split, one)
+    _torchrun("resume", str(split), "--quiet")
+    a, b = json.loads((whole / "summary.json").read_text()), json.loads((split / "summary.json").read_text())
+    assert a["world_size"] == 2 and len(set(a["mask_checksums"])) == 1
+    for key in ("mask_checksums", "test_loss", "test_top1", "train_loss", "final_density", "per_layer_density"):
+        assert a[key] == b[key], key
+    assert [_comparable(r) for r in _records(whole)] == [_comparable(r) for r in _records(split)]
+    assert any(r.get("event") == "update" for r in _records(whole))
+    # the 2-rank checkpoint continues in one process (whole tensors read from the shards)
+    _torchrun("resume", str(one), "--quiet", nproc=1)
+    c = json.loads((one / "summary.json").read_text())
+    assert c["world_size"] == 1 and c["steps"] == a["steps"]
+    assert c["final_density"] == a["final_density"]

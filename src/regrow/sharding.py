@@ -103,3 +103,11 @@ def check_shardable(method: str, structures, model: torch.nn.Module) -> None:
         raise ValueError(f"method '{method}' (structure 'channel') does not run on an FSDP2-sharded "
                          "model (fully_shard); under FSDP2 use an unstructured or N:M method: dense, "
                          "static, snip, set, rigl, gmp, dst_ee, optg, iee, asp")
+
+
+def mesh_of(model: torch.nn.Module):
+    """The device mesh of a model's FSDP2-sharded parameters (None when none is sharded)."""
+    for p in model.parameters():
+        if is_sharded(p):
+            return p.device_mesh
+    return None

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -39,6 +40,7 @@ from torch import nn
 from ..version import __version__
 from ..cost import FlopsLedger
 from ..methods.base import RunFacts, method_class, resolve_config
+from .. import sharding
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import RunConfig, data_seed, dump, fingerprint, validate
@@ -295,6 +297,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     if overwrite:
         for n in (CHECKPOINT, SUMMARY, METRICS):
             (out / n).unlink(missing_ok=True)
+        for shards in out.glob(f"{CHECKPOINT}.shards-*"):   # an FSDP2 run's checkpoint shards
+            shutil.rmtree(shards, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -398,6 +402,10 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
     model.to(ctx.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    # FSDP2: parameters become row shards before the optimizer and the method see them
+    fsdp = cfg.fsdp and ctx.distributed
+    if fsdp:
+        dist_utils.shard_model(model, ctx, amp=cfg.amp)
     optimizer = build_optimizer(cfg, model)
 
     sampler = dist_utils.GlobalBatchSampler(
@@ -425,7 +433,9 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             generator=loader_gen, persistent_workers=False)
 
     train_loader = make_loader(sampler)
-    test_idx = list(range(ctx.rank, len(bundle.test), ctx.world_size))
+    # FSDP2's forward is collective (every rank runs the same batches): each rank scores
+    # the whole test set; the metrics are ratios of sums, so the world-fold sums agree
+    test_idx = list(range(len(bundle.test))) if fsdp else list(range(ctx.rank, len(bundle.test), ctx.world_size))
     test_loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(bundle.test, test_idx), batch_size=cfg.eval_batch_size,
         shuffle=False, num_workers=cfg.num_workers, pin_memory=pin, generator=torch.Generator())
@@ -444,6 +454,8 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             "train_wall": 0.0, "train_cpu": 0.0}
     if state is not None:
         try:
+            if ckpt.shards_dir(out / CHECKPOINT, state) is not None:   # written by an FSDP2 run
+                state = ckpt.load_shards(out / CHECKPOINT, state, sharding.mesh_of(model))
             method.prepare_model(state["method"])  # e.g. slim the fresh model like the checkpointed one
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -458,6 +470,13 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                 f"{out / CHECKPOINT} does not fit the run its config describes (model '{cfg.model}', "
                 f"method '{cfg.method}'): {type(e).__name__}: {first[:300]}") from None
         loop.update(state["loop"])
+        # each rank's own running sums (the loss window and epoch totals are per rank until
+        # they are summed); a checkpoint of another world size gives rank 0 their total
+        per_rank = loop.pop("rank_stats", None)
+        if per_rank is not None:
+            mine = per_rank[ctx.rank] if len(per_rank) == ctx.world_size else (
+                [sum(col) for col in zip(*per_rank)] if ctx.is_main else [0.0] * 4)
+            loop["window"], loop["epoch_stats"] = list(mine[:2]), list(mine[2:])
         ckpt.set_rng_state(state["rng"])
     else:
         if method.needs_data:
@@ -474,7 +493,7 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
 
     def wrap(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
         net: nn.Module = model
-        if ctx.distributed:
+        if ctx.distributed and not fsdp:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         return net, (torch.compile(net) if cfg.compile else net)
@@ -502,14 +521,17 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
             raise NonFiniteLoss(
                 f"the model became non-finite by step {step} (epoch {loop['epoch']}): "
                 f"{', '.join(bad[:5]) or 'on another rank'}; not writing it, {kept} (lower the lr?)")
-        if not ctx.is_main:
+        stats = dist_utils.all_gather_floats(ctx, loop["window"] + loop["epoch_stats"])
+        if not (ctx.is_main or fsdp):
             return
         loop["wall"] = loop["wall_base"] + time.perf_counter() - t0
-        ckpt.save(out / CHECKPOINT, {
+        # FSDP2: every rank writes its shards (torch.distributed.checkpoint), rank 0 the rest
+        (ckpt.save_sharded if fsdp else ckpt.save)(out / CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "method": method.state_dict(),
             "ledger": ledger.state_dict(),
-            "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
+            "rng": ckpt.rng_state(),
+            "loop": {**{k: v for k, v in loop.items() if k != "wall_base"}, "rank_stats": stats},
             "config": cfg.to_dict(), "fingerprint": fingerprint(cfg), "regrow_version": __version__,
         })
 
@@ -541,7 +563,9 @@ def _run(cfg, ctx, out, state, stop_after_steps, report, load_dataset, build_mod
                     x = x.contiguous(memory_format=torch.channels_last)
                 micro += 1
                 last_micro = micro % cfg.grad_accum == 0
-                sync = net.no_sync() if ctx.distributed and not last_micro else no_sync
+                if fsdp:   # FSDP2 reduce-scatters only at the last micro-batch
+                    model.set_requires_gradient_sync(last_micro)
+                sync = net.no_sync() if ctx.distributed and not fsdp and not last_micro else no_sync
                 with sync:
                     with amp_ctx:
                         logits = fnet(x)
