@@ -113,7 +113,8 @@ def test_helpers_are_the_identity_without_fsdp():
 RUN = ["--method", "dst_ee", "--model", "mlp", "--model-opt", "hidden=[20]", "--data", "synthetic",
        "--synthetic", "shape=[1,16]", "--synthetic", "num_classes=4", "--synthetic", "train_size=64",
        "--synthetic", "test_size=30", "--epochs", "2", "--batch-size", "16", "--update-interval", "2",
-       "--log-every", "1", "--density", "0.3", "--optimizer", "adamw", "--lr", "0.01", "--fsdp"]
+       "--log-every", "1", "--density", "0.3", "--optimizer", "adamw", "--lr", "0.01", "--grad-accum", "2",
+       "--fsdp"]
 
 
 def _torchrun(*args: str, nproc: int = 2) -> None:
