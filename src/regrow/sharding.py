@@ -111,3 +111,109 @@ def mesh_of(model: torch.nn.Module):
         if is_sharded(p):
             return p.device_mesh
     return None
+
+
+def _row_split(ref) -> Optional[tuple]:
+    """(group, ranks' row counts, chunk) when ``ref`` is a DTensor split by rows over a
+    1-D mesh (FSDP2's layout); None for any other layout."""
+    if not is_sharded(ref) or ref.device_mesh.ndim != 1 or not ref.placements[0].is_shard(0):
+        return None
+    world = ref.device_mesh.size()
+    rows = ref.shape[0]
+    chunk = -(-rows // world)   # torch.chunk's split, as Shard(0) lays rows out
+    counts = [max(0, min(chunk, rows - r * chunk)) for r in range(world)]
+    return ref.device_mesh.get_group(), counts, chunk
+
+
+def _padded(t: torch.Tensor, chunk: int) -> torch.Tensor:
+    t = t.contiguous()
+    if t.shape[0] == chunk:
+        return t
+    pad = torch.zeros((chunk - t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad])
+
+
+def _gather_to(t: torch.Tensor, owner: int, split: tuple, me: int) -> Optional[torch.Tensor]:
+    """The whole of the row-sharded ``t`` on group rank ``owner`` (None elsewhere); an
+    ordinary tensor (the same on every rank) is already whole."""
+    import torch.distributed as dist
+
+    if not is_sharded(t):
+        return t if me == owner else None
+    group, counts, chunk = split
+    local_t = t.to_local()
+    is_bool = local_t.dtype == torch.bool   # sent as bytes: not every backend sends bool
+    mine = _padded(local_t.view(torch.uint8) if is_bool else local_t, chunk)
+    parts = [torch.empty_like(mine) for _ in counts] if me == owner else None
+    dist.gather(mine, parts, dst=dist.get_global_rank(group, owner), group=group)
+    if me != owner:
+        return None
+    whole = torch.cat([p[:c] for p, c in zip(parts, counts)])
+    return whole.view(torch.bool) if is_bool else whole
+
+
+def _scatter_from(whole: Optional[torch.Tensor], owner: int, split: tuple, me: int, ref, dtype):
+    """Rows of ``whole`` (held by group rank ``owner``) to every rank, as a DTensor laid
+    out like ``ref``."""
+    import torch.distributed as dist
+
+    group, counts, chunk = split
+    wire = torch.uint8 if dtype == torch.bool else dtype
+    out = torch.empty((chunk, *ref.shape[1:]), dtype=wire, device=ref.to_local().device)
+    parts = None
+    if me == owner:
+        w = whole.to(dtype)
+        w = w.view(torch.uint8) if dtype == torch.bool else w
+        parts = [_padded(w[r * chunk: r * chunk + c], chunk) for r, c in enumerate(counts)]
+    dist.scatter(out, parts, src=dist.get_global_rank(group, owner), group=group)
+    mine = out[:counts[me]].contiguous()
+    mine = mine.view(torch.bool) if dtype == torch.bool else mine
+    return DTensor.from_local(mine, ref.device_mesh, ref.placements,
+                              run_check=False, shape=ref.shape, stride=ref.stride())
+
+
+def select_layers(fn, names, scores: Dict[str, torch.Tensor], masks: Optional[Dict[str, torch.Tensor]],
+                  refs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``{n: fn(n, whole scores, whole mask)}`` for every name in ``names``: the per-layer
+    selection of a single process, returned laid out like ``refs[n]``.
+
+    Under FSDP2 (row shards over a 1-D mesh) the layers are dealt out to the ranks
+    (largest first, each to the least loaded) and run in waves of one layer per rank:
+    each rank gathers the scores and mask of its layer of the wave (``gather`` to it
+    alone), runs ``fn`` on the whole layer while the others run theirs, and scatters the
+    rows of the new mask back. Each rank then computes 1/N of the selections and holds
+    one layer whole at a time. Ordinary tensors take the plain path."""
+    import torch.distributed as dist
+
+    names = list(names)
+    splits = {n: _row_split(refs[n]) for n in names}
+    plain = [n for n in names if splits[n] is None]
+    out = {n: shard_like(fn(n, full(scores[n]), None if masks is None else full(masks[n])), refs[n])
+           for n in plain}
+    sharded = [n for n in names if splits[n] is not None]
+    if not sharded:
+        return out
+    group = splits[sharded[0]][0]
+    if any(splits[n][0] is not group for n in sharded):   # several meshes: one layer at a time
+        return {**out, **{n: shard_like(fn(n, full(scores[n]), None if masks is None else full(masks[n])),
+                                        refs[n]) for n in sharded}}
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    load, owned = [0] * world, [[] for _ in range(world)]
+    for n in sorted(sharded, key=lambda n: (-refs[n].numel(), names.index(n))):
+        r = min(range(world), key=lambda r: (load[r], r))
+        load[r] += refs[n].numel()
+        owned[r].append(n)
+    for wave in range(max(len(o) for o in owned)):
+        jobs = [(r, owned[r][wave]) for r in range(world) if wave < len(owned[r])]
+        mine = None
+        for r, n in jobs:   # the same sequence of collectives on every rank
+            s = _gather_to(scores[n], r, splits[n], me)
+            m = None if masks is None else _gather_to(masks[n], r, splits[n], me)
+            if r == me:
+                mine = (n, s, m)
+        result = None
+        if mine is not None:
+            result = fn(mine[0], mine[1], mine[2])
+        for r, n in jobs:
+            out[n] = _scatter_from(result if r == me else None, r, splits[n], me, refs[n], torch.bool)
+    return {n: out[n] for n in names}

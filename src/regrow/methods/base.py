@@ -35,7 +35,7 @@ from ..modules import (  # noqa: F401  (SPARSE_MODULES, sparse_parameters, unwra
 )
 from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
-from ..sharding import check_shardable, full, full_dict, shard_like
+from ..sharding import check_shardable, full, full_dict, select_layers, shard_like
 from ..schedules import FRACTION_SCHEDULES, update_fraction
 from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
@@ -350,9 +350,9 @@ class SparseMethod(metaclass=_MethodMeta):
             for n, m in masks.items():
                 targets[n] = count_true(m)
             return masks
-        return {n: shard_like(torch.ones_like(s, dtype=torch.bool) if targets[n] >= s.numel()
-                              else self.structure_topk(n, full(s), targets[n]), self.params[n])
-                for n, s in scores.items()}
+        # FSDP2: each rank selects some layers whole and scatters their rows (regrow.sharding)
+        return select_layers(lambda n, s, _: torch.ones_like(s, dtype=torch.bool) if targets[n] >= s.numel()
+                             else self.structure_topk(n, s, targets[n]), list(scores), scores, None, self.params)
 
     # The structure's per-layer operations on one weight, run on its [out, in, ...] view
     # so that N:M blocks lie along the true input dimension (HF Conv1D stores [in, out]);
@@ -612,8 +612,9 @@ class SparseMethod(metaclass=_MethodMeta):
             return {n: shard_like(out[n], self.params[n]) if n in out else masks[n].clone() for n in self.names}
         sparse = set(self.updatable_names())
         fn = self.structure_prune if kind == "prune" else self.structure_grow
-        return {n: shard_like(fn(n, full(scores[n]), full(masks[n]), counts[n]), self.params[n])
-                if n in sparse else masks[n].clone() for n in self.names}
+        out = select_layers(lambda n, s, m: fn(n, s, m, counts[n]), [n for n in self.names if n in sparse],
+                            scores, masks, self.params)
+        return {n: out[n] if n in sparse else masks[n].clone() for n in self.names}
 
     def prune(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
               masks: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
