@@ -7,15 +7,16 @@ scores, IEE's snapshots and accumulated scores are DTensors with the parameter's
 mesh and placements — so masking, dormant bookkeeping and optimizer-state zeroing
 are element-wise operations on the local shards, with no communication.
 
-A structure decision needs the whole layer: :func:`full` gathers one layer's scores
-and mask (``DTensor.full_tensor()``, an all-gather), the single-process selection
-runs unchanged on the full tensors (per-layer top-k, ``global`` across layers, exact
-counts, lowest-index ties), and :func:`shard_like` keeps this rank's rows of the
-result. Every rank gathers the same tensors and draws random scores from the same
-seeded generator, so every rank chooses the same mask, which is the mask a
-single-process run chooses. Per-layer selections gather one layer at a time;
-``global`` selections (and OptG, which is global) gather every sparse layer's scores
-for the duration of the update.
+A structure decision needs the whole layer, and runs the single-process selection
+unchanged on it (per-layer top-k, ``global`` across layers, exact counts, lowest-index
+ties), so a sharded run chooses exactly the masks a single-process run chooses (random
+scores come from the same seeded generator on every rank). Per-layer selections
+(:func:`select_layers`) are dealt out to the ranks: the owner of a layer gathers its
+scores and mask (to itself alone), selects, and scatters the rows of the new mask back,
+so each rank computes 1/N of the selections and holds one layer whole at a time.
+``global`` selections (and OptG, which is global) gather every sparse layer's scores on
+every rank (:func:`full`, an all-gather) for the duration of the update, and each rank
+keeps its rows of the result (:func:`shard_like`).
 
 Everything here is the identity on ordinary tensors: without FSDP nothing changes.
 """
