@@ -154,3 +154,15 @@ def test_fsdp_cli_resume_is_bit_identical_and_a_two_rank_checkpoint_resumes_on_o
     c = json.loads((one / "summary.json").read_text())
     assert c["world_size"] == 1 and c["steps"] == a["steps"]
     assert c["final_density"] == a["final_density"]
+
+
+def test_fsdp_with_a_channel_method_is_refused_before_anything_runs():
+    from regrow.train import config as C
+
+    with pytest.raises(ValueError, match="fsdp cannot shard method 'iee' with structure 'channel'"):
+        C.validate(C.build({"method": "iee", "structure": "channel", "fsdp": True}, {}))
+    C.validate(C.build({"method": "iee", "fsdp": True}, {}))   # unstructured: fine
+
+
+def test_a_model_sharded_after_the_method_is_refused_at_the_first_step(sharded_runs):
+    assert "sharded (fully_shard) after the sparsity method was built" in sharded_runs["late"]

@@ -106,6 +106,16 @@ def check_shardable(method: str, structures, model: torch.nn.Module) -> None:
                          "static, snip, set, rigl, gmp, dst_ee, optg, iee, asp")
 
 
+def check_current(model: torch.nn.Module, params: Dict[str, torch.Tensor]) -> None:
+    """Raise a ValueError when the model was ``fully_shard``-ed after the method was
+    built: FSDP2 replaced its parameters, and masks applied to the old ones would never
+    reach the model (the stale-reference failure of other libraries under FSDP)."""
+    if any(is_sharded(p) for p in model.parameters()) and not all(is_sharded(p) for p in params.values()):
+        raise ValueError("the model was sharded (fully_shard) after the sparsity method was built, so the "
+                         "method holds parameters the model no longer uses; call fully_shard first, then "
+                         "build the optimizer and the method on the sharded model")
+
+
 def mesh_of(model: torch.nn.Module):
     """The device mesh of a model's FSDP2-sharded parameters (None when none is sharded)."""
     for p in model.parameters():

@@ -35,7 +35,7 @@ from ..modules import (  # noqa: F401  (SPARSE_MODULES, sparse_parameters, unwra
 )
 from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
-from ..sharding import check_shardable, full, full_dict, select_layers, shard_like
+from ..sharding import check_current, check_shardable, full, full_dict, select_layers, shard_like
 from ..schedules import FRACTION_SCHEDULES, update_fraction
 from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
@@ -250,6 +250,7 @@ class SparseMethod(metaclass=_MethodMeta):
         self._staged: Dict[str, Dict[str, torch.Tensor]] = {}
         self._pristine: Optional[Pristine] = None
         check_shardable(self.name, self.structures, self.model)
+        self._sharding_checked = False
 
     def _constructed(self) -> None:
         """After the whole constructor: seal the undo record, attach to the optimizer."""
@@ -400,6 +401,9 @@ class SparseMethod(metaclass=_MethodMeta):
         applied gradient by other means."""
         if self._grads_masked:
             return
+        if not self._sharding_checked:   # once: the model was not sharded under the method
+            check_current(self.model, self.params)
+            self._sharding_checked = True
         self._staged = {}
         self.before_step(self.state.step + 1)
         self.mask_step_gradients()

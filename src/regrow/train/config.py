@@ -281,6 +281,13 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"pretrained_epochs must be >= 0, got {cfg.pretrained_epochs}")
         if cfg.pretrained is None:
             raise ValueError("pretrained_epochs needs pretrained (the checkpoint those epochs produced)")
+    if cfg.fsdp:
+        from ..methods.base import method_class
+
+        if "channel" in method_class(cfg.method, cfg.structure).structures:
+            raise ValueError(f"fsdp cannot shard method '{cfg.method}' with structure '{cfg.structure}' "
+                             "(channel methods slim whole channels); with fsdp use an unstructured or N:M "
+                             "method, or train the channel method with DDP (no --fsdp)")
     if not cfg.dist_timeout > 0:
         raise ValueError(f"dist_timeout must be a positive number of seconds, got {cfg.dist_timeout}")
     if cfg.threads is not None and cfg.threads <= 0:
