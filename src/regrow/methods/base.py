@@ -35,8 +35,8 @@ from ..modules import (  # noqa: F401  (SPARSE_MODULES, sparse_parameters, unwra
 )
 from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
-from ..sharding import check_current, check_shardable, full, full_dict, select_layers, shard_like
 from ..schedules import FRACTION_SCHEDULES, update_fraction
+from ..sharding import check_current, check_shardable, full, full_dict, select_layers, shard_like
 from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
 
@@ -340,7 +340,7 @@ class SparseMethod(metaclass=_MethodMeta):
 
     def select(self, scores: Dict[str, torch.Tensor], targets: Dict[str, int]) -> Dict[str, torch.Tensor]:
         """Top-scored masks at ``targets`` per layer, or at their total under ``global``.
-        FSDP2: chosen on the gathered scores, each rank keeps its shard (:mod:`regrow.sharding`)."""
+        Under FSDP2 the same choice, made on whole layers (:mod:`regrow.sharding`)."""
         if self.is_global:
             scores = full_dict(scores)
             dense = set(self.dense_names())
