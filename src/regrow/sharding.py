@@ -91,6 +91,17 @@ def count_global(mask: torch.Tensor) -> int:
     return int(n.item())
 
 
+def all_reduce_ints(values, group) -> list:
+    """Sums of integers over the ranks of ``group``, in one all-reduce."""
+    import torch.distributed as dist
+
+    n = torch.tensor(list(values), dtype=torch.int64)
+    if dist.get_backend(group) == "nccl":
+        n = n.cuda()
+    dist.all_reduce(n, group=group)
+    return [int(v) for v in n.tolist()]
+
+
 def local_bytes(tensors) -> int:
     """Bytes of this rank's storage of ``tensors`` (local shards of DTensors)."""
     return sum(local(t).numel() * local(t).element_size() for t in tensors)

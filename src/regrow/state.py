@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from .sharding import count_global, full, is_sharded, shard_like
+from .sharding import all_reduce_ints, count_global, count_local, full, is_sharded, shard_like
 
 _SCHEMA = "regrow.SparseState/1"
 
@@ -28,6 +28,32 @@ def count_true(mask: torch.Tensor) -> int:
     if mask.device.type == "cpu" and mask.dtype == torch.bool:
         return int(np.count_nonzero(mask.detach().numpy()))
     return int(torch.count_nonzero(mask))
+
+
+def count_true_each(masks) -> list:
+    """:func:`count_true` of each mask; FSDP2-sharded masks are counted together in one
+    all-reduce (a collective: call it on every rank), not one each."""
+    counts, sharded, group = [], [], None
+    for m in masks:   # streamed: each mask (often a temporary) is counted and let go
+        if is_sharded(m):
+            g = m.device_mesh.get_group()
+            if group is not None and g is not group:   # another mesh: counted on its own
+                counts.append(count_true(m))
+                continue
+            group = g
+            sharded.append(len(counts))
+            counts.append(count_local(m))
+        else:
+            counts.append(count_true(m))
+    if sharded:
+        for i, total in zip(sharded, all_reduce_ints([counts[i] for i in sharded], group)):
+            counts[i] = total
+    return counts
+
+
+def count_true_sum(masks) -> int:
+    """Σ :func:`count_true` over ``masks`` (one all-reduce for sharded masks)."""
+    return sum(count_true_each(masks))
 
 
 @dataclass
@@ -55,7 +81,7 @@ class SparseState:
         if name is not None:
             return self.active(name) / self.numel(name)
         total = sum(m.numel() for m in self.masks.values())
-        return sum(count_true(m) for m in self.masks.values()) / total
+        return count_true_sum(self.masks.values()) / total
 
     def target_density(self, name: Optional[str] = None) -> float:
         if name is not None:
@@ -64,7 +90,8 @@ class SparseState:
         return sum(self.targets.values()) / total
 
     def layer_densities(self) -> Dict[str, float]:
-        return {n: self.density(n) for n in self.masks}
+        counts = count_true_each(self.masks.values())
+        return {n: c / self.numel(n) for n, c in zip(self.masks, counts)}
 
     # ---- persistence ---------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
