@@ -33,6 +33,12 @@ METHODS: Dict[str, Dict[str, Any]] = {
     "iee": {"density": 0.3, "H": 1, "J": 1, "Q": 1},
     "asp": {},
     "rigl_nm": {"structure": "nm", "update_interval": 2},
+    # global: one ranking across the layers, chosen across the shards without gathering
+    "static_global": {"density": 0.3, "distribution": "global"},
+    "snip_global": {"density": 0.3, "distribution": "global"},
+    "set_global": {"density": 0.3, "update_interval": 2, "distribution": "global"},
+    "gmp_global": {"density": 0.3, "update_interval": 2, "distribution": "global"},
+    "iee_global": {"density": 0.3, "H": 1, "J": 1, "Q": 1, "distribution": "global"},
 }
 
 
@@ -70,7 +76,7 @@ def build(key: str, sharded: bool, optimizer: str = "sgd"):
         opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-4)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    name = key.split("_nm")[0]
+    name = key.removesuffix("_nm").removesuffix("_global")
     method = regrow.create(name, model, opt, total_steps=STEPS, seed=3, **METHODS[key])
     if method.needs_data:
         method.calibrate([batch(-1 - i) for i in range(2)], loss_fn)
@@ -140,7 +146,8 @@ def run_methods(rank: int, out: str, keys: List[str]) -> None:
     results: Dict[str, Any] = {}
     try:
         for key in keys:
-            results[key] = train(key, sharded=True, optimizer="adam" if key == "iee" else "sgd")
+            results[key] = train(key, sharded=True, optimizer="adam" if key.startswith("iee") else "sgd")
+        results["ties"] = global_ties()
         model, opt, _ = build("dense", True)
         try:
             regrow.create("halp", model, opt, total_steps=STEPS)
@@ -167,7 +174,35 @@ def run_methods(rank: int, out: str, keys: List[str]) -> None:
 
 def reference(key: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
     torch.set_num_threads(1)
-    return train(key, sharded=False, optimizer=optimizer or ("adam" if key == "iee" else "sgd"))
+    return train(key, sharded=False, optimizer=optimizer or ("adam" if key.startswith("iee") else "sgd"))
+
+
+def global_ties() -> List[str]:
+    """regrow.sharding.global_select against regrow.structures' global selections on
+    scores full of ties (4 values, NaN and ±0.0 among them), every k: the mismatches."""
+    from regrow import structures as S
+    from regrow.sharding import full, global_select, shard_like
+
+    model = build("dense", True)[0]
+    refs = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
+    g = torch.Generator().manual_seed(5)
+    bad = []
+    for trial in range(3):
+        scores = {n: torch.randint(0, 4, p.shape, generator=g).float() for n, p in refs.items()}
+        scores["fc2.weight"].view(-1)[::7] = float("nan")
+        scores["fc1.weight"].view(-1)[::5] = -0.0
+        masks = {n: torch.rand(p.shape, generator=g) < 0.4 for n, p in refs.items()}
+        sharded_scores = {n: shard_like(s, refs[n]) if trial else s for n, s in scores.items()}
+        sharded_masks = {n: shard_like(m, refs[n]) for n, m in masks.items()}
+        n_all, n_on = sum(m.numel() for m in masks.values()), sum(int(m.sum()) for m in masks.values())
+        for k in (0, 1, 37, n_on // 2, n_on, n_all - n_on - 1, n_all // 2, n_all):
+            expect = {"topk": S.global_topk(scores, k), "prune": S.global_prune(scores, masks, k),
+                      "grow": S.global_grow(scores, masks, k)}
+            for kind, want in expect.items():
+                got = global_select(kind, sharded_scores, None if kind == "topk" else sharded_masks, k, refs)
+                if any(not torch.equal(full(got[n]), want[n]) for n in refs):
+                    bad.append(f"{kind} k={k} trial {trial}")
+    return bad
 
 
 def payload(model, opt, method) -> Dict[str, Any]:

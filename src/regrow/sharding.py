@@ -97,7 +97,7 @@ def all_reduce_ints(values, group) -> list:
 
     n = torch.tensor(list(values), dtype=torch.int64)
     if dist.get_backend(group) == "nccl":
-        n = n.cuda()
+        n = n.cuda()   # NCCL reduces CUDA tensors only
     dist.all_reduce(n, group=group)
     return [int(v) for v in n.tolist()]
 
@@ -239,3 +239,104 @@ def select_layers(fn, names, scores: Dict[str, torch.Tensor], masks: Optional[Di
         for r, n in jobs:
             out[n] = _scatter_from(result if r == me else None, r, splits[n], me, refs[n], torch.bool)
     return {n: out[n] for n in names}
+
+
+# ---- global selection over row shards, without gathering --------------------------
+def _keys(v: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered as the float values ``v`` (NaN ranked as -inf, -0.0 == 0.0)."""
+    d = torch.nan_to_num(v.detach().to(torch.float64), nan=float("-inf")) + 0.0   # -0.0 -> +0.0
+    b = d.view(torch.int64)
+    return torch.where(b < 0, b ^ 0x7FFFFFFFFFFFFFFF, b)
+
+
+def _rank_key(keys, r: int, group) -> int:
+    """The ``r``-th smallest (1-based) of the keys held by every rank together: radix
+    select on 16 bits at a time, one all-reduced histogram per round (4 rounds)."""
+    import torch.distributed as dist
+
+    cand = torch.cat(list(keys))
+    found = 0
+    for shift in (48, 32, 16, 0):
+        b = ((cand >> 48) + 32768) if shift == 48 else ((cand >> shift) & 0xFFFF)
+        hist = torch.bincount(b, minlength=65536).to(torch.int64)
+        dist.all_reduce(hist, group=group)
+        cum = torch.cumsum(hist, 0)
+        bucket = int(torch.searchsorted(cum, torch.tensor([r], dtype=torch.int64, device=cum.device)).item())
+        r -= int(cum[bucket - 1]) if bucket > 0 else 0
+        cand = cand[b == bucket]
+        found |= ((bucket - 32768) << 48) if shift == 48 else (bucket << shift)
+    return found
+
+
+def global_select(kind: str, scores: Dict[str, torch.Tensor], masks: Optional[Dict[str, torch.Tensor]],
+                  k: int, refs: Dict[str, torch.Tensor]) -> Optional[Dict[str, torch.Tensor]]:
+    """The ``global`` selection of :mod:`regrow.structures` over row-sharded layers, with
+    no rank gathering any layer: ``kind`` is ``topk`` (the k highest scores), ``prune``
+    (the mask without its k lowest-scored active entries) or ``grow`` (the mask with its k
+    highest-scored inactive entries). NaN ranks as -inf; ties go to the lowest index of
+    the layers concatenated in order, exactly as in one process. The k-th best value is
+    found by a radix select on all-reduced histograms, the ties at it are shared out in
+    index order (layer, then rank, then position) from all-gathered tie counts.
+
+    Returns None unless every layer is a DTensor split by rows over one 1-D mesh (the
+    caller then gathers)."""
+    import torch.distributed as dist
+
+    names = list(refs)
+    splits = [_row_split(refs[n]) for n in names]
+    if not names or any(s is None for s in splits) or any(s[0] is not splits[0][0] for s in splits):
+        return None
+    group, world = splits[0][0], dist.get_world_size(splits[0][0])
+    me = dist.get_rank(group)
+    dev = refs[names[0]].to_local().device
+    largest = kind != "prune"
+    keys, pos, base = [], [], []
+    for n, (_, counts, chunk) in zip(names, splits):
+        s = scores[n]
+        if is_sharded(s):
+            s = s.to_local()
+        else:   # the same whole tensor on every rank: this rank's rows
+            s = s[me * chunk: me * chunk + counts[me]]
+        flat = s.reshape(-1)
+        if masks is None:
+            idx = None
+            base.append(torch.zeros(flat.numel(), dtype=torch.bool, device=dev))
+            kv = _keys(flat.to(dev))
+        else:
+            m = local(masks[n]).reshape(-1).to(dev)
+            base.append(m.clone())
+            idx = torch.nonzero(m if kind == "prune" else ~m).squeeze(1)
+            kv = _keys(flat.to(dev)[idx])
+        keys.append(kv)
+        pos.append(idx)
+    n_cand = sum(all_reduce_ints([k_.numel() for k_ in keys], group))
+    if k <= 0 or n_cand == 0:
+        chosen = [torch.zeros(k_.numel(), dtype=torch.bool, device=dev) for k_ in keys]
+    elif k >= n_cand:
+        chosen = [torch.ones(k_.numel(), dtype=torch.bool, device=dev) for k_ in keys]
+    else:
+        t = _rank_key(keys, n_cand - k + 1 if largest else k, group)
+        better = [(k_ > t) if largest else (k_ < t) for k_ in keys]
+        need = k - sum(all_reduce_ints([int(b.sum()) for b in better], group))
+        ties = [torch.nonzero(k_ == t).squeeze(1) for k_ in keys]
+        mine = torch.tensor([x.numel() for x in ties], dtype=torch.int64, device=dev)
+        every = [torch.zeros_like(mine) for _ in range(world)]
+        dist.all_gather(every, mine, group=group)
+        chosen = []
+        for li, (b, tie) in enumerate(zip(better, ties)):
+            for r in range(world):   # ties in index order: this layer's rows rank by rank
+                take = min(need, int(every[r][li]))
+                if r == me:
+                    b = b.clone()
+                    b[tie[:take]] = True
+                need -= take
+            chosen.append(b)
+    out = {}
+    for n, c, idx, m in zip(names, chosen, pos, base):
+        hit = c if idx is None else idx[c]
+        m[hit] = kind != "prune"
+        ref = refs[n]
+        local_out = m.view(ref.to_local().shape).to(ref.to_local().device)
+        out[n] = DTensor.from_local(local_out, ref.device_mesh, ref.placements, run_check=False,
+                                    shape=ref.shape, stride=ref.stride())
+    return out

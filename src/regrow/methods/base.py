@@ -36,7 +36,9 @@ from ..modules import (  # noqa: F401  (SPARSE_MODULES, sparse_parameters, unwra
 from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
 from ..schedules import FRACTION_SCHEDULES, update_fraction
-from ..sharding import check_current, check_shardable, full, full_dict, select_layers, shard_like
+from ..sharding import (
+    check_current, check_shardable, full, full_dict, global_select, select_layers, shard_like,
+)
 from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
 
@@ -342,11 +344,14 @@ class SparseMethod(metaclass=_MethodMeta):
         """Top-scored masks at ``targets`` per layer, or at their total under ``global``.
         Under FSDP2 the same choice, made on whole layers (:mod:`regrow.sharding`)."""
         if self.is_global:
-            scores = full_dict(scores)
             dense = set(self.dense_names())
-            sparse = {n: s for n, s in scores.items() if n not in dense}
-            masks = global_topk(sparse, sum(targets[n] for n in sparse))
-            masks.update({n: torch.ones_like(scores[n], dtype=torch.bool) for n in dense})
+            sparse = [n for n in scores if n not in dense]
+            k = sum(targets[n] for n in sparse)
+            # FSDP2: chosen across the shards without gathering (None: not sharded)
+            masks = global_select("topk", scores, None, k, {n: self.params[n] for n in sparse})
+            if masks is None:
+                masks = global_topk(full_dict({n: scores[n] for n in sparse}), k)
+            masks.update({n: torch.ones_like(full(scores[n]), dtype=torch.bool) for n in dense})
             masks = {n: shard_like(masks[n], self.params[n]) for n in scores}
             for n, m in masks.items():
                 targets[n] = count_true(m)
@@ -611,8 +616,10 @@ class SparseMethod(metaclass=_MethodMeta):
         if self.is_global:
             sparse = self.updatable_names()
             fn = global_prune if kind == "prune" else global_grow
-            # FSDP2: the single-process choice on gathered tensors, each rank keeps its shard
-            out = fn({n: full(scores[n]) for n in sparse}, {n: full(masks[n]) for n in sparse}, counts["*"])
+            # FSDP2: chosen across the shards without gathering (None: not sharded)
+            out = global_select(kind, scores, masks, counts["*"], {n: self.params[n] for n in sparse})
+            if out is None:
+                out = fn({n: full(scores[n]) for n in sparse}, {n: full(masks[n]) for n in sparse}, counts["*"])
             return {n: shard_like(out[n], self.params[n]) if n in out else masks[n].clone() for n in self.names}
         sparse = set(self.updatable_names())
         fn = self.structure_prune if kind == "prune" else self.structure_grow
