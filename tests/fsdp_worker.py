@@ -178,9 +178,11 @@ def reference(key: str, optimizer: Optional[str] = None) -> Dict[str, Any]:
 
 
 def global_ties() -> List[str]:
-    """regrow.sharding.global_select against regrow.structures' global selections on
-    scores full of ties (4 values, NaN and ±0.0 among them), every k: the mismatches."""
+    """regrow.sharding.global_select against regrow.structures' global selections and
+    OptG's random-tie top-k on scores full of ties (4 values, NaN, ±0.0, inf and the
+    largest float among them), for many k: the mismatches."""
     from regrow import structures as S
+    from regrow.methods.optg import _clean_scores, topk_random_ties
     from regrow.sharding import full, global_select, shard_like
 
     model = build("dense", True)[0]
@@ -191,6 +193,8 @@ def global_ties() -> List[str]:
         scores = {n: torch.randint(0, 4, p.shape, generator=g).float() for n, p in refs.items()}
         scores["fc2.weight"].view(-1)[::7] = float("nan")
         scores["fc1.weight"].view(-1)[::5] = -0.0
+        scores["fc3.weight"].view(-1)[::3] = float("inf")
+        scores["fc3.weight"].view(-1)[1::9] = torch.finfo(torch.float32).max
         masks = {n: torch.rand(p.shape, generator=g) < 0.4 for n, p in refs.items()}
         sharded_scores = {n: shard_like(s, refs[n]) if trial else s for n, s in scores.items()}
         sharded_masks = {n: shard_like(m, refs[n]) for n, m in masks.items()}
@@ -202,6 +206,13 @@ def global_ties() -> List[str]:
                 got = global_select(kind, sharded_scores, None if kind == "topk" else sharded_masks, k, refs)
                 if any(not torch.equal(full(got[n]), want[n]) for n in refs):
                     bad.append(f"{kind} k={k} trial {trial}")
+            # OptG's ranking: ties at the k-th value drawn at random from a generator
+            g1, g2 = torch.Generator().manual_seed(k), torch.Generator().manual_seed(k)
+            flat = topk_random_ties(torch.cat([s.reshape(-1) for s in scores.values()]), k, g1)
+            got = global_select("topk", sharded_scores, None, k, refs, clean=_clean_scores, generator=g2)
+            if not torch.equal(torch.cat([full(got[n]).reshape(-1) for n in refs]), flat) \
+                    or not torch.equal(g1.get_state(), g2.get_state()):
+                bad.append(f"random ties k={k} trial {trial}")
     return bad
 
 

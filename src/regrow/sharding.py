@@ -22,6 +22,7 @@ Everything here is the identity on ordinary tensors: without FSDP nothing change
 """
 from __future__ import annotations
 
+import bisect
 from typing import Dict, Optional
 
 import numpy as np
@@ -242,9 +243,13 @@ def select_layers(fn, names, scores: Dict[str, torch.Tensor], masks: Optional[Di
 
 
 # ---- global selection over row shards, without gathering --------------------------
-def _keys(v: torch.Tensor) -> torch.Tensor:
-    """int64 keys ordered as the float values ``v`` (NaN ranked as -inf, -0.0 == 0.0)."""
-    d = torch.nan_to_num(v.detach().to(torch.float64), nan=float("-inf")) + 0.0   # -0.0 -> +0.0
+def _keys(v: torch.Tensor, clean=None) -> torch.Tensor:
+    """int64 keys ordered as the float values ``v`` (NaN ranked as -inf, -0.0 == 0.0;
+    ``clean``: another mapping of the values first, as the caller's selection does)."""
+    v = v.detach()
+    if clean is not None:
+        v = clean(v)
+    d = torch.nan_to_num(v.to(torch.float64), nan=float("-inf")) + 0.0   # -0.0 -> +0.0
     b = d.view(torch.int64)
     return torch.where(b < 0, b ^ 0x7FFFFFFFFFFFFFFF, b)
 
@@ -269,7 +274,8 @@ def _rank_key(keys, r: int, group) -> int:
 
 
 def global_select(kind: str, scores: Dict[str, torch.Tensor], masks: Optional[Dict[str, torch.Tensor]],
-                  k: int, refs: Dict[str, torch.Tensor]) -> Optional[Dict[str, torch.Tensor]]:
+                  k: int, refs: Dict[str, torch.Tensor], *, clean=None,
+                  generator: Optional[torch.Generator] = None) -> Optional[Dict[str, torch.Tensor]]:
     """The ``global`` selection of :mod:`regrow.structures` over row-sharded layers, with
     no rank gathering any layer: ``kind`` is ``topk`` (the k highest scores), ``prune``
     (the mask without its k lowest-scored active entries) or ``grow`` (the mask with its k
@@ -277,6 +283,10 @@ def global_select(kind: str, scores: Dict[str, torch.Tensor], masks: Optional[Di
     the layers concatenated in order, exactly as in one process. The k-th best value is
     found by a radix select on all-reduced histograms, the ties at it are shared out in
     index order (layer, then rank, then position) from all-gathered tie counts.
+
+    ``generator``: ties at the k-th value are picked uniformly at random instead, by
+    ``randperm`` over all of them in index order (as OptG's ``topk_random_ties`` draws in
+    one process); ``clean``: how the caller maps values before ranking.
 
     Returns None unless every layer is a DTensor split by rows over one 1-D mesh (the
     caller then gathers)."""
@@ -301,12 +311,12 @@ def global_select(kind: str, scores: Dict[str, torch.Tensor], masks: Optional[Di
         if masks is None:
             idx = None
             base.append(torch.zeros(flat.numel(), dtype=torch.bool, device=dev))
-            kv = _keys(flat.to(dev))
+            kv = _keys(flat.to(dev), clean)
         else:
             m = local(masks[n]).reshape(-1).to(dev)
             base.append(m.clone())
             idx = torch.nonzero(m if kind == "prune" else ~m).squeeze(1)
-            kv = _keys(flat.to(dev)[idx])
+            kv = _keys(flat.to(dev)[idx], clean)
         keys.append(kv)
         pos.append(idx)
     n_cand = sum(all_reduce_ints([k_.numel() for k_ in keys], group))
@@ -322,14 +332,27 @@ def global_select(kind: str, scores: Dict[str, torch.Tensor], masks: Optional[Di
         mine = torch.tensor([x.numel() for x in ties], dtype=torch.int64, device=dev)
         every = [torch.zeros_like(mine) for _ in range(world)]
         dist.all_gather(every, mine, group=group)
-        chosen = []
+        counts = torch.stack(every).tolist()   # [rank][layer]
+        picked = None
+        if generator is not None and need > 0:   # OptG: uniformly random ties, one draw
+            total = sum(map(sum, counts))
+            perm = torch.randperm(total, generator=generator, device=generator.device)[:need]
+            picked = perm.sort().values.tolist()
+        chosen, offset = [], 0
         for li, (b, tie) in enumerate(zip(better, ties)):
             for r in range(world):   # ties in index order: this layer's rows rank by rank
-                take = min(need, int(every[r][li]))
-                if r == me:
+                c = counts[r][li]
+                if picked is None:
+                    take = min(need, c)
+                    if r == me:
+                        b = b.clone()
+                        b[tie[:take]] = True
+                    need -= take
+                elif r == me:
+                    lo, hi = bisect.bisect_left(picked, offset), bisect.bisect_left(picked, offset + c)
                     b = b.clone()
-                    b[tie[:take]] = True
-                need -= take
+                    b[tie[torch.tensor(picked[lo:hi], dtype=torch.int64, device=tie.device) - offset]] = True
+                offset += c
             chosen.append(b)
     out = {}
     for n, c, idx, m in zip(names, chosen, pos, base):

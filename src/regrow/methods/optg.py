@@ -65,7 +65,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..schedules import sigmoid_mask_lr, sigmoid_ramp, sigmoid_sparsity
-from ..sharding import full, shard_like
+from ..sharding import full, global_select, shard_like
 from ..structures import kth_smallest
 from .base import METHODS, RunFacts, SparseMethod, SparsityConfig, warn_user
 
@@ -85,14 +85,19 @@ class OptGConfig(SparsityConfig):
     a: float = 0.5
 
 
+def _clean_scores(v: torch.Tensor) -> torch.Tensor:
+    """Scores as :func:`topk_random_ties` ranks them: float, NaN lowest (±inf become the
+    extreme finite values, as ``nan_to_num`` does)."""
+    if not v.is_floating_point():
+        v = v.float()
+    return torch.nan_to_num(v, nan=float("-inf"))
+
+
 def topk_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Bool mask of the ``k`` largest entries of a flat tensor; entries tied at the
     threshold are picked uniformly at random from ``generator`` (drawn on its device,
     moved to the scores' device). NaN ranks lowest."""
-    flat = scores.detach().reshape(-1)
-    if not flat.is_floating_point():
-        flat = flat.float()
-    flat = torch.nan_to_num(flat, nan=float("-inf"))
+    flat = _clean_scores(scores.detach().reshape(-1))
     n = flat.numel()
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=flat.device)
@@ -212,6 +217,12 @@ class OptG(SparseMethod):
         dense = set(self.dense_names())
         sparse = [n for n in self.names if n not in dense]
         budget = kept - sum(self.params[n].numel() for n in dense)
+        # FSDP2: the same choice across the shards, without gathering (None: not sharded)
+        got = global_select("topk", scores, None, budget, {n: self.params[n] for n in sparse},
+                            clean=_clean_scores, generator=self.generator)
+        if got is not None:
+            return {n: got[n] if n in got else torch.ones_like(self.params[n].detach(), dtype=torch.bool)
+                    for n in self.names}
         flat = torch.cat([full(scores[n]).reshape(-1) for n in sparse])
         keep = topk_random_ties(flat, budget, self.generator)
         out, i = {}, 0
