@@ -17,7 +17,9 @@ counted (they are freed or transient). Goal: FSDP2 ≤ 0.55× DDP's bytes per ra
 Then the time of one RigL structure update (grow scores read, drop and grow over every
 layer, commit with optimizer-state zeroing and metrics) per rank, FSDP2 on two ranks
 against the same update in one process on an unsharded copy (rank 0, while rank 1
-waits), alternating, median of ``--repeats``. One torch thread per process.
+waits), alternating, median of ``--repeats``; with the ERK distribution (per-layer
+selections) and with ``global`` (one ranking over all layers). One torch thread per
+process.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def method_options(name: str, density: float):
     return opts
 
 
-def build(args, name: str, mode: str, ctx):
+def build(args, name: str, mode: str, ctx, **extra):
     """mode: ``ddp`` | ``fsdp`` | ``single`` (an unsharded model in this process alone)."""
     model = make_model(args).to(ctx.device)
     net = model
@@ -60,7 +62,7 @@ def build(args, name: str, mode: str, ctx):
     elif mode == "ddp":
         net = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    method = regrow.create(name, model, opt, **method_options(name, args.density))
+    method = regrow.create(name, model, opt, **{**method_options(name, args.density), **extra})
     return model, net, opt, method
 
 
@@ -128,6 +130,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--distributions", default="erk,global", help="distributions of the timed RigL updates")
     args = p.parse_args()
     torch.set_num_threads(1)
     ctx = dist_utils.setup("auto")
@@ -162,28 +165,32 @@ def main() -> None:
             + f" | {got['ddp'][0] / 2**20:.0f} / {got['fsdp'][0] / 2**20:.0f} | {got['fsdp'][0] / got['ddp'][0]:.3f} |")
 
     # ---- structure-update time: FSDP2 (2 ranks) vs one process, alternating -------------
-    _, fnet, fopt, fmethod = build(args, "rigl", "fsdp", ctx)
-    single = build(args, "rigl", "single", ctx) if main_rank else None
-    t_fsdp, t_single = [], []
-    step = 100
-    for _ in range(args.repeats):
-        dist.barrier()
-        mine = timed_update(fmethod, fnet, args, ctx, step)
-        t_fsdp.append(max(dist_utils.all_gather_floats(ctx, [mine]))[0])
-        fopt.zero_grad(set_to_none=True)
-        dist.barrier()
+    for distribution in args.distributions.split(","):
+        _, fnet, fopt, fmethod = build(args, "rigl", "fsdp", ctx, distribution=distribution)
+        single = build(args, "rigl", "single", ctx, distribution=distribution) if main_rank else None
+        t_fsdp, t_single = [], []
+        step = 100
+        for _ in range(args.repeats):
+            dist.barrier()
+            mine = timed_update(fmethod, fnet, args, ctx, step)
+            t_fsdp.append(max(dist_utils.all_gather_floats(ctx, [mine]))[0])
+            fopt.zero_grad(set_to_none=True)
+            dist.barrier()
+            if main_rank:
+                _, snet, sopt, smethod = single
+                t_single.append(timed_update(smethod, snet, args, ctx, step))
+                sopt.zero_grad(set_to_none=True)
+            dist.barrier()
         if main_rank:
-            _, snet, sopt, smethod = single
-            t_single.append(timed_update(smethod, snet, args, ctx, step))
-            sopt.zero_grad(set_to_none=True)
-        dist.barrier()
-    if main_rank:
-        mf, ms = statistics.median(t_fsdp), statistics.median(t_single)
-        say(f"\nRigL structure update at step {step} (density {args.density}), median of {args.repeats} "
-            f"alternating repeats, 1 thread per process:")
-        say(f"  FSDP2, 2 ranks (slowest rank): {mf:.3f} s  (all: {', '.join(f'{t:.3f}' for t in t_fsdp)})")
-        say(f"  one process, unsharded:        {ms:.3f} s  (all: {', '.join(f'{t:.3f}' for t in t_single)})")
-        say(f"  FSDP2 / one process: {mf / ms:.2f}x")
+            mf, ms = statistics.median(t_fsdp), statistics.median(t_single)
+            say(f"\nRigL structure update, {distribution}, at step {step} (density {args.density}), median of "
+                f"{args.repeats} alternating repeats, 1 thread per process:")
+            say(f"  FSDP2, 2 ranks (slowest rank): {mf:.3f} s  (all: {', '.join(f'{t:.3f}' for t in t_fsdp)})")
+            say(f"  one process, unsharded:        {ms:.3f} s  (all: {', '.join(f'{t:.3f}' for t in t_single)})")
+            say(f"  FSDP2 / one process: {mf / ms:.2f}x")
+        fmethod.detach()
+        del fnet, fopt, fmethod, single
+        gc.collect()
     dist_utils.teardown(ctx)
 
 

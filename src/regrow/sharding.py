@@ -14,9 +14,12 @@ scores come from the same seeded generator on every rank). Per-layer selections
 (:func:`select_layers`) are dealt out to the ranks: the owner of a layer gathers its
 scores and mask (to itself alone), selects, and scatters the rows of the new mask back,
 so each rank computes 1/N of the selections and holds one layer whole at a time.
-``global`` selections (and OptG, which is global) gather every sparse layer's scores on
-every rank (:func:`full`, an all-gather) for the duration of the update, and each rank
-keeps its rows of the result (:func:`shard_like`).
+``global`` selections (and OptG's, which are global) gather nothing
+(:func:`global_select`): the k-th best score over all shards comes from a radix select
+on all-reduced histograms, and the ties at it are shared out in index order (or drawn
+at random, as OptG does, with the same single draw) from all-gathered tie counts.
+Layouts other than row shards over a 1-D mesh fall back to gathering (:func:`full`)
+and keeping this rank's rows (:func:`shard_like`).
 
 Everything here is the identity on ordinary tensors: without FSDP nothing changes.
 """
