@@ -144,7 +144,7 @@ def main() -> None:
 
     say(f"world size {ctx.world_size}, device {ctx.device}, torch {torch.__version__}")
     rows = []
-    for name in args.methods.split(","):
+    for name in [m for m in args.methods.split(",") if m]:
         got = {}
         for mode in ("ddp", "fsdp"):
             b, n_params = memory(args, name, mode, ctx)
@@ -156,6 +156,8 @@ def main() -> None:
             f"{got['ddp'][0] / 2**20:.0f} MiB, FSDP2 {got['fsdp'][0] / 2**20:.0f} MiB: "
             f"{got['fsdp'][0] / got['ddp'][0]:.3f}x")
 
+    if not rows:
+        keys = []
     say("\n| method | parameters | " + " | ".join(f"{k} DDP / FSDP2 (MiB)" for k in keys)
         + " | total DDP / FSDP2 (MiB) | FSDP2 / DDP |")
     say("|---|---:|" + "---:|" * (len(keys) + 2))

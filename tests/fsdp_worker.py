@@ -185,21 +185,29 @@ def global_ties() -> List[str]:
     from regrow.methods.optg import _clean_scores, topk_random_ties
     from regrow.sharding import full, global_select, shard_like
 
+    from torch.distributed.fsdp import fully_shard
+
     model = build("dense", True)[0]
-    refs = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
+    big = nn.Sequential(nn.Linear(256, 301, bias=False), nn.Linear(64, 130, bias=False))
+    fully_shard(big)   # 85k weights: large enough for the sampled prefilter
+    small = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
     g = torch.Generator().manual_seed(5)
     bad = []
-    for trial in range(3):
-        scores = {n: torch.randint(0, 4, p.shape, generator=g).float() for n, p in refs.items()}
-        scores["fc2.weight"].view(-1)[::7] = float("nan")
-        scores["fc1.weight"].view(-1)[::5] = -0.0
-        scores["fc3.weight"].view(-1)[::3] = float("inf")
-        scores["fc3.weight"].view(-1)[1::9] = torch.finfo(torch.float32).max
+    for trial in range(4):
+        refs = small if trial < 2 else dict(big.named_parameters())
+        names = list(refs)
+        levels = 4 if trial < 3 else 1000
+        scores = {n: torch.randint(0, levels, p.shape, generator=g).float() for n, p in refs.items()}
+        scores[names[1]].view(-1)[::7] = float("nan")
+        scores[names[0]].view(-1)[::5] = -0.0
+        scores[names[-1]].view(-1)[::3] = float("inf")
+        scores[names[-1]].view(-1)[1::9] = torch.finfo(torch.float32).max
+        scores[names[0]].view(-1)[2::11] = float("-inf")
         masks = {n: torch.rand(p.shape, generator=g) < 0.4 for n, p in refs.items()}
-        sharded_scores = {n: shard_like(s, refs[n]) if trial else s for n, s in scores.items()}
+        sharded_scores = {n: shard_like(s, refs[n]) if trial % 2 else s for n, s in scores.items()}
         sharded_masks = {n: shard_like(m, refs[n]) for n, m in masks.items()}
         n_all, n_on = sum(m.numel() for m in masks.values()), sum(int(m.sum()) for m in masks.values())
-        for k in (0, 1, 37, n_on // 2, n_on, n_all - n_on - 1, n_all // 2, n_all):
+        for k in (0, 1, 37, 1000, n_on // 3, n_on // 2, n_on, n_all - n_on - 1, n_all // 2, n_all):
             expect = {"topk": S.global_topk(scores, k), "prune": S.global_prune(scores, masks, k),
                       "grow": S.global_grow(scores, masks, k)}
             for kind, want in expect.items():

@@ -169,4 +169,4 @@ def test_a_model_sharded_after_the_method_is_refused_at_the_first_step(sharded_r
 
 
 def test_global_selection_across_shards_breaks_ties_as_one_process(sharded_runs):
-    assert sharded_runs["ties"] == []
+    assert sharded_runs["ties"] == [], sharded_runs["ties"]

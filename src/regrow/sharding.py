@@ -26,6 +26,7 @@ Everything here is the identity on ordinary tensors: without FSDP nothing change
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Dict, Optional
 
 import numpy as np
@@ -246,13 +247,15 @@ def select_layers(fn, names, scores: Dict[str, torch.Tensor], masks: Optional[Di
 
 
 # ---- global selection over row shards, without gathering --------------------------
+_PREFILTER, _SAMPLE = 1 << 15, 1 << 12   # as regrow.structures: sample-based prefilter
 def _keys(v: torch.Tensor, clean=None) -> torch.Tensor:
     """int64 keys ordered as the float values ``v`` (NaN ranked as -inf, -0.0 == 0.0;
     ``clean``: another mapping of the values first, as the caller's selection does)."""
     v = v.detach()
     if clean is not None:
         v = clean(v)
-    d = torch.nan_to_num(v.to(torch.float64), nan=float("-inf")) + 0.0   # -0.0 -> +0.0
+    d = torch.nan_to_num(v.to(torch.float64), nan=float("-inf"), posinf=float("inf"),
+                         neginf=float("-inf")) + 0.0   # -0.0 -> +0.0
     b = d.view(torch.int64)
     return torch.where(b < 0, b ^ 0x7FFFFFFFFFFFFFFF, b)
 
@@ -303,32 +306,52 @@ def global_select(kind: str, scores: Dict[str, torch.Tensor], masks: Optional[Di
     me = dist.get_rank(group)
     dev = refs[names[0]].to_local().device
     largest = kind != "prune"
-    keys, pos, base = [], [], []
+    vals, cands, base = [], [], []
     for n, (_, counts, chunk) in zip(names, splits):
         s = scores[n]
         if is_sharded(s):
             s = s.to_local()
         else:   # the same whole tensor on every rank: this rank's rows
             s = s[me * chunk: me * chunk + counts[me]]
-        flat = s.reshape(-1)
+        v = s.detach().reshape(-1).to(dev)
+        v = clean(v) if clean is not None else v
+        vals.append(torch.nan_to_num(v if v.is_floating_point() else v.float(), nan=float("-inf"),
+                                     posinf=float("inf"), neginf=float("-inf")))
         if masks is None:
-            idx = None
-            base.append(torch.zeros(flat.numel(), dtype=torch.bool, device=dev))
-            kv = _keys(flat.to(dev), clean)
+            cands.append(None)
+            base.append(torch.zeros(v.numel(), dtype=torch.bool, device=dev))
         else:
             m = local(masks[n]).reshape(-1).to(dev)
             base.append(m.clone())
-            idx = torch.nonzero(m if kind == "prune" else ~m).squeeze(1)
-            kv = _keys(flat.to(dev)[idx], clean)
-        keys.append(kv)
-        pos.append(idx)
-    n_cand = sum(all_reduce_ints([k_.numel() for k_ in keys], group))
+            cands.append(m if kind == "prune" else ~m)
+    n_local = [v.numel() if c is None else count_local(c) for v, c in zip(vals, cands)]
+    n_cand = sum(all_reduce_ints([sum(n_local)], group))
+    if 0 < k < n_cand and n_cand >= _PREFILTER and k <= n_cand // 2:
+        # a threshold from a sample of every rank's candidates keeps few of them; when at
+        # least k survive, every winner and every tie competing with it is among them
+        stride = max(1, sum(n_local) // _SAMPLE)
+        mine = torch.cat([v[::stride] if c is None else v[::stride][c[::stride]] for v, c in zip(vals, cands)])
+        every: list = [None] * world
+        dist.all_gather_object(every, mine.cpu(), group=group)
+        sample = torch.cat(every).to(torch.float64)
+        size = sample.numel()
+        p = k / n_cand
+        r = min(size, int(math.ceil(p * size * 1.1 + 4.0 * math.sqrt(p * size) + 8)))
+        if size:
+            t0 = float(torch.kthvalue(sample, size - r + 1 if largest else r).values)
+            keep = [(v >= t0) if largest else (v <= t0) for v in vals]
+            keep = [kp if c is None else kp & c for kp, c in zip(keep, cands)]
+            if sum(all_reduce_ints([sum(count_local(kp) for kp in keep)], group)) >= k:
+                cands = keep
+    pos = [None if c is None else torch.nonzero(c).squeeze(1) for c in cands]
+    keys = [_keys(v if i is None else v[i]) for v, i in zip(vals, pos)]
+    n_used = sum(all_reduce_ints([sum(k_.numel() for k_ in keys)], group))
     if k <= 0 or n_cand == 0:
         chosen = [torch.zeros(k_.numel(), dtype=torch.bool, device=dev) for k_ in keys]
     elif k >= n_cand:
         chosen = [torch.ones(k_.numel(), dtype=torch.bool, device=dev) for k_ in keys]
     else:
-        t = _rank_key(keys, n_cand - k + 1 if largest else k, group)
+        t = _rank_key(keys, n_used - k + 1 if largest else k, group)
         better = [(k_ > t) if largest else (k_ < t) for k_ in keys]
         need = k - sum(all_reduce_ints([int(b.sum()) for b in better], group))
         ties = [torch.nonzero(k_ == t).squeeze(1) for k_ in keys]
