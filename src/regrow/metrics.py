@@ -15,7 +15,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .state import SparseState, count_true
+from .state import SparseState, count_true_sum
 
 Masks = Dict[str, torch.Tensor]
 
@@ -25,9 +25,9 @@ LAST_GROWN = "tracker.last_grown"
 
 
 def mask_iou(a: Masks, b: Masks) -> float:
-    inter = sum(count_true(a[k] & b[k]) for k in a)
+    inter = count_true_sum(a[k] & b[k] for k in a)
     # |A ∪ B| = |A| + |B| − |A ∩ B|: counting needs no second elementwise pass
-    union = sum(count_true(a[k]) + count_true(b[k]) for k in a) - inter
+    union = count_true_sum([*(a[k] for k in a), *(b[k] for k in a)]) - inter
     return inter / union if union else 1.0
 
 
@@ -40,7 +40,7 @@ def exploration_degree(state: SparseState) -> float:
     ever = state.buffers.get(EVER)
     if not ever:
         return state.density()
-    return sum(count_true(m) for m in ever.values()) / sum(m.numel() for m in ever.values())
+    return count_true_sum(ever.values()) / sum(m.numel() for m in ever.values())
 
 
 def start_tracking(state: SparseState) -> None:
@@ -83,12 +83,12 @@ def record_prune(state: SparseState, before: Masks, after_prune: Masks) -> Dict[
         out["iou_prune"] = mask_iou(after_prune, prev)
     last = state.buffers.get(LAST_GROWN)
     if last:
-        n_grown = sum(count_true(g) for g in last.values())
+        n_grown = count_true_sum(last.values())
         if n_grown:
-            alive = sum(count_true(last[k] & after_prune[k]) for k in last)
+            alive = count_true_sum(last[k] & after_prune[k] for k in last)
             out["survival_rate"] = alive / n_grown
     state.buffers[PREV_PRUNE] = {k: m.clone() for k, m in after_prune.items()}
-    out["n_pruned"] = sum(count_true(minus(before[k], after_prune[k])) for k in before)
+    out["n_pruned"] = count_true_sum(minus(before[k], after_prune[k]) for k in before)
     return out
 
 
@@ -99,5 +99,5 @@ def record_grow(
     before this update's prune), exploration degree, grown count."""
     out = _record_new_mask(state, before, after_grow)
     state.buffers[LAST_GROWN] = {k: minus(after_grow[k], after_prune[k]) for k in after_grow}
-    out["n_grown"] = sum(count_true(g) for g in state.buffers[LAST_GROWN].values())
+    out["n_grown"] = count_true_sum(state.buffers[LAST_GROWN].values())
     return out

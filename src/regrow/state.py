@@ -15,14 +15,45 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from .sharding import all_reduce_ints, count_global, count_local, full, is_sharded, shard_like
+
 _SCHEMA = "regrow.SparseState/1"
 
 
 def count_true(mask: torch.Tensor) -> int:
-    """Number of True entries of a bool tensor (numpy's count on CPU: ~6x torch's)."""
+    """Number of True entries of a bool tensor (numpy's count on CPU: ~6x torch's); of
+    the whole tensor for an FSDP2-sharded one (a collective: call it on every rank)."""
+    if is_sharded(mask):
+        return count_global(mask)
     if mask.device.type == "cpu" and mask.dtype == torch.bool:
         return int(np.count_nonzero(mask.detach().numpy()))
     return int(torch.count_nonzero(mask))
+
+
+def count_true_each(masks) -> list:
+    """:func:`count_true` of each mask; FSDP2-sharded masks are counted together in one
+    all-reduce (a collective: call it on every rank), not one each."""
+    counts, sharded, group = [], [], None
+    for m in masks:   # streamed: each mask (often a temporary) is counted and let go
+        if is_sharded(m):
+            g = m.device_mesh.get_group()
+            if group is not None and g is not group:   # another mesh: counted on its own
+                counts.append(count_true(m))
+                continue
+            group = g
+            sharded.append(len(counts))
+            counts.append(count_local(m))
+        else:
+            counts.append(count_true(m))
+    if sharded:
+        for i, total in zip(sharded, all_reduce_ints([counts[i] for i in sharded], group)):
+            counts[i] = total
+    return counts
+
+
+def count_true_sum(masks) -> int:
+    """Σ :func:`count_true` over ``masks`` (one all-reduce for sharded masks)."""
+    return sum(count_true_each(masks))
 
 
 @dataclass
@@ -50,7 +81,7 @@ class SparseState:
         if name is not None:
             return self.active(name) / self.numel(name)
         total = sum(m.numel() for m in self.masks.values())
-        return sum(count_true(m) for m in self.masks.values()) / total
+        return count_true_sum(self.masks.values()) / total
 
     def target_density(self, name: Optional[str] = None) -> float:
         if name is not None:
@@ -59,7 +90,8 @@ class SparseState:
         return sum(self.targets.values()) / total
 
     def layer_densities(self) -> Dict[str, float]:
-        return {n: self.density(n) for n in self.masks}
+        counts = count_true_each(self.masks.values())
+        return {n: c / self.numel(n) for n, c in zip(self.masks, counts)}
 
     # ---- persistence ---------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -93,28 +125,43 @@ class SparseState:
                     f"mask '{k}' has shape {tuple(m.shape)} in the checkpoint "
                     f"but {tuple(self.masks[k].shape)} in the model"
                 )
-            self.masks[k] = m.to(self.masks[k].device, torch.bool).clone()
-        device = {k: m.device for k, m in self.masks.items()}
+            self.masks[k] = _like(m.to(self.masks[k].device, torch.bool).clone(), self.masks[k])
+        like = dict(self.masks)
         self.targets = dict(sd["targets"])
         self.step = int(sd["step"])
-        self.dormant = {k: v.to(device.get(k, v.device)).clone() for k, v in sd["dormant"].items()}
+        self.dormant = {k: _like(v.to(like[k].device if k in like else v.device).clone(), like.get(k))
+                        for k, v in sd["dormant"].items()}
         self.buffers = {
-            b: {k: v.to(device.get(k, v.device)).clone() for k, v in d.items()}
+            b: {k: _like(v.to(like[k].device if k in like else v.device).clone(), like.get(k))
+                for k, v in d.items()}
             for b, d in sd["buffers"].items()
         }
         self.counters = copy.deepcopy(sd["counters"])
+
+
+def _like(value: torch.Tensor, ref: Optional[torch.Tensor]) -> torch.Tensor:
+    """A loaded tensor laid out like this model's (a whole tensor from a checkpoint of an
+    unsharded run, loaded into an FSDP2 one, keeps this rank's shard; a per-weight
+    tensor of a sharded run loaded unsharded is gathered)."""
+    if ref is None or value.shape != ref.shape:
+        return value
+    if is_sharded(ref):
+        return shard_like(value, ref)
+    return full(value)
 
 
 def mask_checksum(masks: Dict[str, torch.Tensor]) -> int:
     """CRC32 over every mask's packed bits, in name order.
 
     Cheap enough to compare across ranks at every structure update: equal
-    checksums mean (with overwhelming probability) identical masks.
+    checksums mean (with overwhelming probability) identical masks. FSDP2-sharded masks
+    are gathered one at a time (a collective), so the checksum is the whole mask's,
+    equal to a single-process run's.
     """
     crc = 0
     for name in sorted(masks):
         crc = zlib.crc32(name.encode(), crc)
-        bits = np.packbits(masks[name].detach().to("cpu", torch.bool).numpy().ravel())
+        bits = np.packbits(full(masks[name]).detach().to("cpu", torch.bool).numpy().ravel())
         crc = zlib.crc32(bits.tobytes(), crc)
     return crc
 

@@ -36,6 +36,9 @@ from ..modules import (  # noqa: F401  (SPARSE_MODULES, sparse_parameters, unwra
 from ..optim import byte_view, mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from ..registry import Registry
 from ..schedules import FRACTION_SCHEDULES, update_fraction
+from ..sharding import (
+    check_current, check_shardable, full, full_dict, global_select, select_layers, shard_like,
+)
 from ..state import SparseState, count_true, mask_checksum
 from ..structures import global_grow, global_prune, global_topk, make_structure
 
@@ -259,6 +262,8 @@ class SparseMethod(metaclass=_MethodMeta):
         self._grads_masked = False
         self._staged: Dict[str, Dict[str, torch.Tensor]] = {}
         self._pristine: Optional[Pristine] = None
+        check_shardable(self.name, self.structures, self.model)
+        self._sharding_checked = False
 
     def _constructed(self) -> None:
         """After the whole constructor: seal the undo record, attach to the optimizer."""
@@ -347,18 +352,24 @@ class SparseMethod(metaclass=_MethodMeta):
         return self.select(scores, targets)
 
     def select(self, scores: Dict[str, torch.Tensor], targets: Dict[str, int]) -> Dict[str, torch.Tensor]:
-        """Top-scored masks at ``targets`` per layer, or at their total under ``global``."""
+        """Top-scored masks at ``targets`` per layer, or at their total under ``global``.
+        Under FSDP2 the same choice, made on whole layers (:mod:`regrow.sharding`)."""
         if self.is_global:
             dense = set(self.dense_names())
-            sparse = {n: s for n, s in scores.items() if n not in dense}
-            masks = global_topk(sparse, sum(targets[n] for n in sparse))
-            masks.update({n: torch.ones_like(scores[n], dtype=torch.bool) for n in dense})
-            masks = {n: masks[n] for n in scores}
+            sparse = [n for n in scores if n not in dense]
+            k = sum(targets[n] for n in sparse)
+            # FSDP2: chosen across the shards without gathering (None: not sharded)
+            masks = global_select("topk", scores, None, k, {n: self.params[n] for n in sparse})
+            if masks is None:
+                masks = global_topk(full_dict({n: scores[n] for n in sparse}), k)
+            masks.update({n: torch.ones_like(full(scores[n]), dtype=torch.bool) for n in dense})
+            masks = {n: shard_like(masks[n], self.params[n]) for n in scores}
             for n, m in masks.items():
                 targets[n] = count_true(m)
             return masks
-        return {n: torch.ones_like(s, dtype=torch.bool) if targets[n] >= s.numel()
-                else self.structure_topk(n, s, targets[n]) for n, s in scores.items()}
+        # FSDP2: each rank selects some layers whole and scatters their rows (regrow.sharding)
+        return select_layers(lambda n, s, _: torch.ones_like(s, dtype=torch.bool) if targets[n] >= s.numel()
+                             else self.structure_topk(n, s, targets[n]), list(scores), scores, None, self.params)
 
     # The structure's per-layer operations on one weight, run on its [out, in, ...] view
     # so that N:M blocks lie along the true input dimension (HF Conv1D stores [in, out]);
@@ -406,6 +417,9 @@ class SparseMethod(metaclass=_MethodMeta):
         applied gradient by other means."""
         if self._grads_masked:
             return
+        if not self._sharding_checked:   # once: the model was not sharded under the method
+            check_current(self.model, self.params)
+            self._sharding_checked = True
         self._staged = {}
         self.before_step(self.state.step + 1)
         self.mask_step_gradients()
@@ -613,12 +627,16 @@ class SparseMethod(metaclass=_MethodMeta):
         if self.is_global:
             sparse = self.updatable_names()
             fn = global_prune if kind == "prune" else global_grow
-            out = fn({n: scores[n] for n in sparse}, {n: masks[n] for n in sparse}, counts["*"])
-            return {n: out[n] if n in out else masks[n].clone() for n in self.names}
+            # FSDP2: chosen across the shards without gathering (None: not sharded)
+            out = global_select(kind, scores, masks, counts["*"], {n: self.params[n] for n in sparse})
+            if out is None:
+                out = fn({n: full(scores[n]) for n in sparse}, {n: full(masks[n]) for n in sparse}, counts["*"])
+            return {n: shard_like(out[n], self.params[n]) if n in out else masks[n].clone() for n in self.names}
         sparse = set(self.updatable_names())
         fn = self.structure_prune if kind == "prune" else self.structure_grow
-        return {n: fn(n, scores[n], masks[n], counts[n]) if n in sparse else masks[n].clone()
-                for n in self.names}
+        out = select_layers(lambda n, s, m: fn(n, s, m, counts[n]), [n for n in self.names if n in sparse],
+                            scores, masks, self.params)
+        return {n: out[n] if n in sparse else masks[n].clone() for n in self.names}
 
     def prune(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
               masks: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:

@@ -65,6 +65,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..schedules import sigmoid_mask_lr, sigmoid_ramp, sigmoid_sparsity
+from ..sharding import full, global_select, shard_like
 from ..structures import kth_smallest
 from .base import METHODS, RunFacts, SparseMethod, SparsityConfig, warn_user
 
@@ -84,14 +85,19 @@ class OptGConfig(SparsityConfig):
     a: float = 0.5
 
 
+def _clean_scores(v: torch.Tensor) -> torch.Tensor:
+    """Scores as :func:`topk_random_ties` ranks them: float, NaN lowest (±inf become the
+    extreme finite values, as ``nan_to_num`` does)."""
+    if not v.is_floating_point():
+        v = v.float()
+    return torch.nan_to_num(v, nan=float("-inf"))
+
+
 def topk_random_ties(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Bool mask of the ``k`` largest entries of a flat tensor; entries tied at the
     threshold are picked uniformly at random from ``generator`` (drawn on its device,
     moved to the scores' device). NaN ranks lowest."""
-    flat = scores.detach().reshape(-1)
-    if not flat.is_floating_point():
-        flat = flat.float()
-    flat = torch.nan_to_num(flat, nan=float("-inf"))
+    flat = _clean_scores(scores.detach().reshape(-1))
     n = flat.numel()
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=flat.device)
@@ -121,8 +127,9 @@ class OptG(SparseMethod):
         super().__init__(*args, **kwargs)
         if self.optimizer is None:
             raise ValueError("OptG trains its scores with the model's optimizer; pass optimizer=...")
+        # zeros_like: sharded like the weight under FSDP2
         self._scores: Dict[str, torch.Tensor] = {
-            n: torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
+            n: torch.zeros_like(p.detach(), dtype=torch.promote_types(p.dtype, torch.float32))
             for n, p in self.params.items()
         }
         self.state.buffers[SCORES] = self._scores
@@ -205,11 +212,18 @@ class OptG(SparseMethod):
         return masks
 
     def _global_masks(self, scores: Dict[str, torch.Tensor], kept: int) -> Dict[str, torch.Tensor]:
-        """Top-``kept`` of the scores over all sparse layers (dense_first_last stay dense)."""
+        """Top-``kept`` of the scores over all sparse layers (dense_first_last stay dense).
+        FSDP2: chosen on the gathered scores, each rank keeps its shard."""
         dense = set(self.dense_names())
         sparse = [n for n in self.names if n not in dense]
         budget = kept - sum(self.params[n].numel() for n in dense)
-        flat = torch.cat([scores[n].reshape(-1) for n in sparse])
+        # FSDP2: the same choice across the shards, without gathering (None: not sharded)
+        got = global_select("topk", scores, None, budget, {n: self.params[n] for n in sparse},
+                            clean=_clean_scores, generator=self.generator)
+        if got is not None:
+            return {n: got[n] if n in got else torch.ones_like(self.params[n].detach(), dtype=torch.bool)
+                    for n in self.names}
+        flat = torch.cat([full(scores[n]).reshape(-1) for n in sparse])
         keep = topk_random_ties(flat, budget, self.generator)
         out, i = {}, 0
         for n in self.names:
@@ -219,7 +233,7 @@ class OptG(SparseMethod):
                 size = self.params[n].numel()
                 out[n] = keep[i : i + size].view(self.params[n].shape).to(self.params[n].device)
                 i += size
-        return out
+        return {n: shard_like(m, self.params[n]) for n, m in out.items()}
 
     @property
     def scores(self) -> Dict[str, torch.Tensor]:

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -113,8 +116,9 @@ def write_text(path: os.PathLike, text: str) -> None:
     _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
-def load(path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read a regrow checkpoint; a missing, truncated or foreign file raises with its path."""
+def load(path: os.PathLike, map_location: Any = "cpu", required=REQUIRED) -> Dict[str, Any]:
+    """Read a regrow checkpoint; a missing, truncated or foreign file raises with its path.
+    ``required``: the keys it must hold (a run checkpoint's by default)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -129,7 +133,7 @@ def load(path: os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
         found = sd.get("format") if isinstance(sd, dict) else type(sd).__name__
         raise ValueError(f"checkpoint {path} is not a regrow run checkpoint "
                          f"(expected format '{FORMAT}', found {found!r})")
-    missing = [k for k in REQUIRED if k not in sd]
+    missing = [k for k in required if k not in sd]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}")
     return sd
@@ -167,3 +171,140 @@ def pretrained_samples(path: os.PathLike) -> Optional[int]:
     if isinstance(ledger, dict) and "samples" in ledger:
         return int(ledger["samples"])
     return int(sd["loop"].get("step", 0)) * int(sd["config"].get("batch_size", 0))
+
+
+# ---- sharded checkpoints (FSDP2) ---------------------------------------------------
+# Under FSDP2 the model, its optimizer state and the method's per-weight state are
+# DTensors: each rank holds some rows. ``save_sharded`` writes those through
+# ``torch.distributed.checkpoint`` (every rank writes its own shards, no rank gathers
+# a whole tensor) into a directory beside the checkpoint file, and the rest of the
+# payload (plain tensors and values, identical on every rank) into the checkpoint file
+# itself, whose leaves name the sharded tensors they stand for. The file is replaced
+# atomically after the shards are complete, so a crash keeps the previous checkpoint
+# whole. ``load`` reads that file as ever; ``load_shards`` fills the sharded leaves, as
+# shards of a mesh (a run on any number of ranks) or as whole tensors (one process).
+SHARDED = "__regrow_sharded__"
+
+
+def _split(tree: Any, prefix: str, shards: Dict[str, Any]) -> Any:
+    from ..sharding import is_sharded
+
+    if is_sharded(tree):
+        placements = [["shard", p.dim] if p.is_shard() else ["replicate"] for p in tree.placements]
+        if any(p.is_partial() for p in tree.placements):
+            raise ValueError(f"cannot checkpoint the partial (unreduced) DTensor at '{prefix}'")
+        shards[prefix] = tree
+        return {SHARDED: prefix, "shape": list(tree.shape), "dtype": str(tree.dtype).removeprefix("torch."),
+                "placements": placements}
+    if isinstance(tree, dict):
+        return {k: _split(v, f"{prefix}/{k}", shards) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        out = [_split(v, f"{prefix}/{i}", shards) for i, v in enumerate(tree)]
+        return out if isinstance(tree, list) else tuple(out)
+    return tree
+
+
+def _placeholders(tree: Any, found: Dict[str, Dict[str, Any]]) -> None:
+    if isinstance(tree, dict):
+        if SHARDED in tree:
+            found[tree[SHARDED]] = tree
+            return
+        for v in tree.values():
+            _placeholders(v, found)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            _placeholders(v, found)
+
+
+def _fill(tree: Any, loaded: Dict[str, Any]) -> Any:
+    if isinstance(tree, dict):
+        if SHARDED in tree:
+            return loaded[tree[SHARDED]]
+        return {k: _fill(v, loaded) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_fill(v, loaded) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_fill(v, loaded) for v in tree)
+    return tree
+
+
+def shards_dir(path: os.PathLike, sd: Dict[str, Any]) -> Optional[Path]:
+    """The shard directory a checkpoint file refers to (None for an unsharded one)."""
+    name = sd.get("shards")
+    return None if name is None else Path(path).parent / name
+
+
+def save_sharded(path: os.PathLike, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` (as :func:`save`) whose tensors may be FSDP2 DTensors: the
+    DTensors to a ``torch.distributed.checkpoint`` directory ``PATH.shards-N`` (each rank
+    its own shards), everything else to ``path`` (rank 0, atomically, after every shard
+    is written). Older shard directories are removed once the new file is in place.
+    Collective: call it on every rank with the same payload structure."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    shards: Dict[str, Any] = {}
+    skeleton = _split(payload, "", shards)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    name = [f"{path.name}.shards-{time.time_ns()}" if rank == 0 else None]
+    if distributed:
+        dist.broadcast_object_list(name, src=0)
+    target = path.parent / name[0]
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if distributed:
+        dist.barrier()
+    dcp.save(shards, checkpoint_id=str(target), no_dist=not distributed)
+    if distributed:
+        dist.barrier()   # every rank's shards are on disk before the file points at them
+    if rank == 0:
+        save(path, {**skeleton, "shards": target.name})
+        for old in path.parent.glob(f"{path.name}.shards-*"):
+            if old.name != target.name and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    if distributed:
+        dist.barrier()
+
+
+def load_shards(path: os.PathLike, sd: Dict[str, Any], mesh: Any = None) -> Dict[str, Any]:
+    """``sd`` (a checkpoint :func:`load` read from ``path``) with its sharded leaves read
+    from the shard directory: DTensors over ``mesh`` with the placements they were saved
+    with (a run on the same mesh shape, any number of ranks), or whole tensors when
+    ``mesh`` is None (one process). Collective when ``mesh`` is given."""
+    import torch.distributed.checkpoint as dcp
+
+    directory = shards_dir(path, sd)
+    if directory is None:
+        return sd
+    if not (directory / ".metadata").is_file():
+        raise FileNotFoundError(f"checkpoint {path} refers to shard directory {directory}, which is missing "
+                                "or incomplete")
+    found: Dict[str, Dict[str, Any]] = {}
+    _placeholders(sd, found)
+    templates: Dict[str, torch.Tensor] = {}
+    for key, leaf in found.items():
+        try:
+            dtype = getattr(torch, leaf["dtype"])
+            shape = tuple(int(s) for s in leaf["shape"])
+        except (AttributeError, TypeError, ValueError, KeyError):
+            raise ValueError(f"checkpoint {path}: malformed sharded entry {key!r}") from None
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"checkpoint {path}: entry {key!r} has no tensor dtype ({leaf['dtype']!r})")
+        if mesh is None:
+            templates[key] = torch.empty(shape, dtype=dtype)
+        else:
+            from torch.distributed.tensor import Replicate, Shard
+            from torch.distributed.tensor import empty as dempty
+
+            placements = [Shard(int(p[1])) if p[0] == "shard" else Replicate() for p in leaf["placements"]]
+            if len(placements) != mesh.ndim:
+                raise ValueError(f"checkpoint {path}: entry {key!r} was sharded over a {len(placements)}-d "
+                                 f"mesh, this run's mesh is {mesh.ndim}-d")
+            templates[key] = dempty(shape, dtype=dtype, device_mesh=mesh, placements=placements)
+    with warnings.catch_warnings():   # one process reading: torch warns that it assumes so
+        warnings.filterwarnings("ignore", message=".*single process.*")
+        dcp.load(templates, checkpoint_id=str(directory), no_dist=mesh is None)
+    out = _fill({k: v for k, v in sd.items() if k != "shards"}, templates)
+    return out

@@ -97,6 +97,9 @@ class RunConfig:
                                                   "train_flops_relative (empty: read from a regrow checkpoint, "
                                                   "0 for a plain state_dict)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    fsdp: bool = _f(False, "torchrun: shard parameters, gradients, optimizer and sparsity state over the "
+                           "ranks with FSDP2 (fully_shard) instead of replicating them with DDP; "
+                           "unstructured and N:M methods (ignored at world size 1)")
     dist_timeout: float = _f(1800.0, "torchrun: seconds a rank waits for the others in a collective before "
                                      "the run fails (a stopped rank otherwise stalls the rest this long)")
 
@@ -278,6 +281,13 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ValueError(f"pretrained_epochs must be >= 0, got {cfg.pretrained_epochs}")
         if cfg.pretrained is None:
             raise ValueError("pretrained_epochs needs pretrained (the checkpoint those epochs produced)")
+    if cfg.fsdp:
+        from ..methods.base import method_class
+
+        if "channel" in method_class(cfg.method, cfg.structure).structures:
+            raise ValueError(f"fsdp cannot shard method '{cfg.method}' with structure '{cfg.structure}' "
+                             "(channel methods slim whole channels); with fsdp use an unstructured or N:M "
+                             "method, or train the channel method with DDP (no --fsdp)")
     if not cfg.dist_timeout > 0:
         raise ValueError(f"dist_timeout must be a positive number of seconds, got {cfg.dist_timeout}")
     if cfg.threads is not None and cfg.threads <= 0:
@@ -387,7 +397,7 @@ def check_method_options(method: str, structure: Optional[str], options: Dict[st
 # Fields that say how or where a run executes, not what it computes: they may differ
 # between a checkpoint and its directory (``resume --device``) and between compare cells.
 OPERATIONAL = ("out", "quiet", "device", "threads", "num_workers", "data_root", "eval_batch_size",
-               "log_every", "eval_every", "checkpoint_every", "dist_timeout", "compile")
+               "log_every", "eval_every", "checkpoint_every", "dist_timeout", "compile", "fsdp")
 
 
 # Fields added after runs were fingerprinted: left out of the identity while they hold

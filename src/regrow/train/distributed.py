@@ -94,6 +94,16 @@ def all_gather_int(ctx: Context, value: int) -> List[int]:
     return [int(o.item()) for o in out]
 
 
+def all_gather_floats(ctx: Context, values: Sequence[float]) -> List[List[float]]:
+    """Every rank's ``values`` (float64, exact), in rank order."""
+    if not ctx.distributed:
+        return [[float(v) for v in values]]
+    t = torch.tensor(list(values), dtype=torch.float64, device=ctx.device)
+    out = [torch.zeros_like(t) for _ in range(ctx.world_size)]
+    dist.all_gather(out, t)
+    return [o.tolist() for o in out]
+
+
 class RankMismatch(RuntimeError):
     """Ranks disagree on something that must be identical (mask checksums)."""
 
@@ -176,3 +186,34 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.skip_steps) * self.grad_accum
+
+
+def fsdp_blocks(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The units ``--fsdp`` shards one by one: the elements of every ``nn.ModuleList``
+    (transformer blocks, residual stages), else every module that holds a Linear, Conv or
+    Embedding weight of its own; innermost first, as ``fully_shard`` needs children
+    sharded before their parents."""
+    from torch import nn
+
+    blocks = [b for m in model.modules() if isinstance(m, nn.ModuleList) for b in m]
+    if not blocks:
+        leaf = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+        blocks = [m for m in model.modules() if m is not model and isinstance(m, leaf)]
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    return sorted(blocks, key=lambda m: -order[id(m)])
+
+
+def shard_model(model: torch.nn.Module, ctx: Context, amp: bool = False) -> torch.nn.Module:
+    """FSDP2 (``fully_shard``) over all ranks: every block of :func:`fsdp_blocks`, then the
+    root. With ``amp`` on CUDA a ``MixedPrecisionPolicy`` gathers parameters in bfloat16
+    and reduces gradients in float32; on CPU everything stays float32. Parameters become
+    ``DTensor`` row shards; build the optimizer and the sparsity method afterwards."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw = {}
+    if amp and ctx.device.type == "cuda":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in fsdp_blocks(model):
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
+    return model

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -44,6 +45,7 @@ from ..version import __version__
 from ..cost import FlopsLedger
 from ..integrations.protocol import Callback, SparsityCallback
 from ..methods.base import RunFacts, method_class, resolve_config
+from .. import sharding
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .config import RunConfig, data_seed, dump, fingerprint, validate
@@ -300,6 +302,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     if overwrite:
         for n in (CHECKPOINT, SUMMARY, METRICS):
             (out / n).unlink(missing_ok=True)
+        for shards in out.glob(f"{CHECKPOINT}.shards-*"):   # an FSDP2 run's checkpoint shards
+            shutil.rmtree(shards, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -448,6 +452,10 @@ class Trainer:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        # FSDP2: parameters become row shards before the optimizer and the method see them
+        self.fsdp = cfg.fsdp and ctx.distributed
+        if self.fsdp:
+            dist_utils.shard_model(model, ctx, amp=cfg.amp)
         self.optimizer = build_optimizer(cfg, model)
 
         self.sampler = dist_utils.GlobalBatchSampler(
@@ -468,7 +476,10 @@ class Trainer:
 
         self.loader_gen = torch.Generator()
         self.train_loader = self.make_loader(self.sampler)
-        test_idx = list(range(ctx.rank, len(bundle.test), ctx.world_size))
+        # FSDP2's forward is collective (every rank runs the same batches): each rank scores
+        # the whole test set; the metrics are ratios of sums, so the world-fold sums agree
+        test_idx = (list(range(len(bundle.test))) if self.fsdp
+                    else list(range(ctx.rank, len(bundle.test), ctx.world_size)))
         self.test_loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(bundle.test, test_idx), batch_size=cfg.eval_batch_size,
             shuffle=False, num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda",
@@ -495,6 +506,8 @@ class Trainer:
         (in-training slimming), then weights, optimizer, LR, method, ledger, loop and RNGs."""
         cfg, method = self.cfg, self.method
         try:
+            if ckpt.shards_dir(self.out / CHECKPOINT, state) is not None:   # written by an FSDP2 run
+                state = ckpt.load_shards(self.out / CHECKPOINT, state, sharding.mesh_of(self.model))
             method.prepare_model(state["method"])  # e.g. slim the fresh model like the checkpointed one
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -507,7 +520,15 @@ class Trainer:
             raise ValueError(
                 f"{self.out / CHECKPOINT} does not fit the run its config describes (model '{cfg.model}', "
                 f"method '{cfg.method}'): {type(e).__name__}: {first[:300]}") from None
-        self.loop.update(state["loop"])
+        loop, ctx = self.loop, self.ctx
+        loop.update(state["loop"])
+        # each rank's own running sums (the loss window and epoch totals are per rank until
+        # they are summed); a checkpoint of another world size gives rank 0 their total
+        per_rank = loop.pop("rank_stats", None)
+        if per_rank is not None:
+            mine = per_rank[ctx.rank] if len(per_rank) == ctx.world_size else (
+                [sum(col) for col in zip(*per_rank)] if ctx.is_main else [0.0] * 4)
+            loop["window"], loop["epoch_stats"] = list(mine[:2]), list(mine[2:])
         ckpt.set_rng_state(state["rng"])
 
     def start(self, overwrite: bool) -> None:
@@ -528,7 +549,7 @@ class Trainer:
 
     def _wrap(self) -> None:
         self.net: nn.Module = self.model
-        if self.ctx.distributed:
+        if self.ctx.distributed and not self.fsdp:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None)
         self.fnet = torch.compile(self.net) if self.cfg.compile else self.net
@@ -609,7 +630,10 @@ class Trainer:
         """Forward and backward of one micro-batch (the loss is the mean over the
         step's micro-batches); returns the logits."""
         cfg = self.cfg
-        sync = self.net.no_sync() if self.ctx.distributed and not last_micro else self._no_sync
+        if self.fsdp:   # FSDP2 reduce-scatters only at the last micro-batch
+            self.model.set_requires_gradient_sync(last_micro)
+        sync = (self.net.no_sync() if self.ctx.distributed and not self.fsdp and not last_micro
+                else self._no_sync)
         with sync:
             with self._amp_ctx:
                 logits = self.fnet(x)
@@ -723,19 +747,22 @@ class Trainer:
             raise NonFiniteLoss(
                 f"the model became non-finite by step {self.step} (epoch {loop['epoch']}): "
                 f"{', '.join(bad[:5]) or 'on another rank'}; not writing it, {kept} (lower the lr?)")
-        if not self.ctx.is_main:
+        stats = dist_utils.all_gather_floats(self.ctx, loop["window"] + loop["epoch_stats"])
+        if not (self.ctx.is_main or self.fsdp):
             return
         loop["wall"] = loop["wall_base"] + time.perf_counter() - self.t0
         checkpoint = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
             "ledger": self.ledger.state_dict(),
-            "rng": ckpt.rng_state(), "loop": {k: v for k, v in loop.items() if k != "wall_base"},
+            "rng": ckpt.rng_state(),
+            "loop": {**{k: v for k, v in loop.items() if k != "wall_base"}, "rank_stats": stats},
             "config": self.cfg.to_dict(), "fingerprint": fingerprint(self.cfg), "regrow_version": __version__,
         }
         for cb in self.user_callbacks:
             cb.on_save_checkpoint(self, checkpoint)
-        ckpt.save(out / CHECKPOINT, checkpoint)
+        # FSDP2: every rank writes its shards (torch.distributed.checkpoint), rank 0 the rest
+        (ckpt.save_sharded if self.fsdp else ckpt.save)(out / CHECKPOINT, checkpoint)
 
     def summarize(self, report: bool) -> Dict[str, Any]:
         """``summary.json`` (rank 0) and, with ``report``, the run's plots and table."""
