@@ -291,16 +291,21 @@ class SparseLinear(nn.Module):
 
 # ---- checks and helpers ----------------------------------------------------------------
 def fanin_k(active: torch.Tensor, name: str = "layer") -> int:
-    """The common number of active entries per output row; a clear error when it differs."""
+    """The number k of inputs each output row is stored with: the common count of active
+    entries per row, or its largest when fan-in's neuron ablation left some rows empty
+    (ablated neurons: outputs are the bias) and the others at q or q + 1 (the budget over
+    the alive neurons); rows below k are padded with zero-valued entries. A clear error
+    when the counts differ otherwise."""
     per_row = (active.reshape(active.shape[0], -1) != 0).sum(1)
-    lo, hi = int(per_row.min()), int(per_row.max())
-    if lo != hi:
+    alive = per_row[per_row > 0]
+    if alive.numel() == 0:
+        raise ValueError(f"fan-in export: layer '{name}' has no non-zero weight")
+    lo, hi = int(alive.min()), int(alive.max())
+    if hi - lo > 1:
         raise ValueError(f"fan-in export: layer '{name}' has between {lo} and {hi} inputs per output "
                          f"neuron, not a constant k; train it with structure 'fanin' (or export it "
                          f"with format 'sparse')")
-    if lo == 0:
-        raise ValueError(f"fan-in export: layer '{name}' has no non-zero weight")
-    return lo
+    return hi
 
 
 def check_nm(active: torch.Tensor, n: int, m: int, name: str = "layer") -> None:
