@@ -131,13 +131,24 @@ def test_fanin_with_ablated_neurons_matches_dense(rows):
     b = torch.randn(12)
     assert fanin_k(mask, "fc") == 5
     mod = SparseLinear.from_dense(w, b, "fanin", [(1, "mv")], mask=mask)
-    assert mod.col.shape == (12, 5)
+    # only the 10 alive neurons are stored (and computed)
+    assert mod.col.shape == (10, 5) and mod.rows.tolist() == [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]
+    assert mod.spec()["alive"] == 10
     x = torch.randn(rows, 20)
     for kn in ("mv", "spmm", "ebag", "dense"):
         y = mod.matmul(x, kn)
         torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(y[:, [2, 7]], b[[2, 7]].expand(rows, 2))
     torch.testing.assert_close(mod.dense_weight(), w)
+    # the loader's path: an empty module from the spec, then the state dict
+    again = SparseLinear.from_spec(mod.spec())
+    again.load_state_dict(mod.state_dict())
+    again.validate("fc")
+    torch.testing.assert_close(again.matmul(x, "ebag"), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    bad = SparseLinear.from_spec(mod.spec())
+    bad.load_state_dict({**mod.state_dict(), "rows": torch.tensor([0, 1, 3, 4, 5, 6, 8, 9, 10, 12])})
+    with pytest.raises(ValueError, match="out of range"):
+        bad.validate("fc")
     mask[5, :] = False
     mask[5, :3] = True                         # 3 and 5: not what fan-in leaves
     with pytest.raises(ValueError, match="between 3 and 5 inputs per output neuron, not a constant k"):
