@@ -848,7 +848,10 @@ class DropGrowMethod(SparseMethod):
         counts = self.drop_counts(fraction)
         drop = self.drop_scores(step)
         after_prune = self.prune(drop, counts)
-        new = self.grow(scores, counts, after_prune, keep_scores=drop if self._keeps_by_drop() else None)
+        if self._keeps_by_drop():
+            new = self.grow(scores, counts, after_prune, keep_scores=drop)
+        else:   # the plain call: subclasses overriding grow(scores, counts, masks) keep working
+            new = self.grow(scores, counts, after_prune)
         record = self.commit(new, grow_init="zero", after_prune=after_prune)
         self.log({"step": step, "event": "update", "fraction": fraction, **record,
                   "density": self.state.density()})
