@@ -8,8 +8,8 @@ top-1 of each variant, the mean ± std of the paired differences (same seed, sam
 against unstructured and of ablation against plain fan-in, and how many neurons the
 ablating runs ended with ablated (per layer, mean over seeds, from the final masks).
 
-Variants: ``unstructured``, ``fanin``, ``fanin-ablation`` (neuron ablation at
-``--gamma-sal``), ``fanin-ablation-G`` (at γ_sal = G).
+Variants: ``unstructured``, ``fanin`` (exactly k per neuron: ``neuron_ablation=false``),
+``fanin-ablation`` (neuron ablation at ``--gamma-sal``), ``fanin-ablation-G`` (at γ_sal = G).
 
     PYTHONPATH=src python benchmarks/bench_fanin_quality.py --out runs/fq60 --epochs 60 \\
         --densities 0.1,0.05 --seeds 0,1,2,3,4
@@ -28,8 +28,10 @@ from typing import Dict, List, Tuple
 
 def variant_options(variant: str, gamma_sal: float) -> Tuple[str, List[str]]:
     """(structure, extra ``regrow compare`` arguments) of a variant name."""
-    if variant in ("unstructured", "fanin"):
+    if variant == "unstructured":
         return variant, []
+    if variant == "fanin":   # every neuron keeps exactly k (neuron ablation is on by default)
+        return variant, ["--opt", "neuron_ablation=false"]
     if variant == "fanin-ablation":
         g = gamma_sal
     elif variant.startswith("fanin-ablation-"):

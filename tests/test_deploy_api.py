@@ -179,7 +179,7 @@ def test_trained_fanin_run_exports_condensed_with_method_masks():
     model = TinyMLP(16, 32, 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     meth = regrow.create("rigl", model, opt, density=0.25, structure="fanin", total_steps=20,
-                         update_interval=2, distribution="uniform")
+                         update_interval=2, distribution="uniform", neuron_ablation=False)
     for step in range(20):
         opt.zero_grad()
         nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()

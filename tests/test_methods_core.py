@@ -294,7 +294,7 @@ def test_rigl_fanin_neuron_ablation_golden():
     # (neuron 2 takes its 0.5, then the lower index among its 0-gradient ties)
     assert update(neuron_ablation=True, gamma_sal=0.5) == [[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 0, 1]]
     # without ablation every neuron refills to 2 from its own best
-    assert update() == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]]
+    assert update(neuron_ablation=False) == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]]
 
 
 def test_neuron_ablation_option_errors_and_warning(tiny_mlp):

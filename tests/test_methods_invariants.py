@@ -52,6 +52,11 @@ OPTION_CASES = [
     for name in regrow.METHODS.names()
     if "fanin" in regrow.METHODS.get(name).structures and regrow.METHODS.get(name).dynamic
     for density in (0.5, 0.1)
+] + [
+    # and without it (on by default for fan-in): every neuron keeps exactly k
+    pytest.param(name, "fanin", 0.1, {"neuron_ablation": False}, id=f"{name}-fanin-0.1-exact-k")
+    for name in regrow.METHODS.names()
+    if "fanin" in regrow.METHODS.get(name).structures and regrow.METHODS.get(name).dynamic
 ]
 
 
@@ -165,7 +170,7 @@ def _invariants_every_step(name, structure, density, opt_kind, opts):
             for n, mask in method.state.masks.items():
                 assert torch.all(nm_blocks(mask) == 2), f"step {step}: {n} breaks 2:4"
         if structure == "fanin" and full:
-            ablated = max(ablated, check_fanin(method, step, opts.get("neuron_ablation", False)))
+            ablated = max(ablated, check_fanin(method, step, method.config.neuron_ablation))
         changed |= any(not torch.equal(prev[n], m) for n, m in method.state.masks.items())
         prev = {n: m.clone() for n, m in method.state.masks.items()}
         method.pop_metrics()
@@ -344,7 +349,7 @@ def test_random_configurations_keep_every_invariant(config, opt_kind, density, d
             for n in method.updatable_names():
                 assert torch.all(nm_blocks(method.state.masks[n]) == 2), f"step {step}: {n} breaks 2:4"
         if structure == "fanin" and full:
-            check_fanin(method, step, bool(extra))
+            check_fanin(method, step, method.config.neuron_ablation)
         prev = {n: m.clone() for n, m in method.state.masks.items()}
         method.pop_metrics()
     # the state_dict round trip restores every piece of sparsity state
