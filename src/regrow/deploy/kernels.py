@@ -282,7 +282,10 @@ class SparseLinear(nn.Module):
         else:  # spmm, and mv asked of several rows
             y = torch.sparse.mm(self._sparse(), x2.t()).t()
         if self.kind == "fanin" and self.rows is not None:   # ablated neurons output 0 (+ bias)
-            y = y.new_zeros(rows, self.out_features).index_copy_(1, self.rows, y)
+            # scattered in the [out, rows] layout the kernels produce (y is its transpose):
+            # contiguous rows to copy, and the next ebag layer's table stays contiguous
+            yt = y.t()
+            y = yt.new_zeros(self.out_features, rows).index_copy_(0, self.rows, yt).t()
         return y if self.bias is None else y + self.bias
 
     def _nm(self, x2: torch.Tensor) -> torch.Tensor:
