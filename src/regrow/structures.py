@@ -7,7 +7,8 @@
 * ``fanin`` (constant fan-in, Lasby et al. ICLR 2024, "Dynamic Sparse Training with
   Structured Sparsity", SRigL): every output neuron (row ``w[o]`` of ``[out, in, *kernel]``)
   keeps exactly the same number k of inputs, so the layer condenses to values and
-  indices of shape ``[out, k]`` (y_o = Σ_j v[o, j] · x[idx[o, j]]).
+  indices of shape ``[out, k]`` (y_o = Σ_j v[o, j] · x[idx[o, j]]). With SRigL's neuron
+  ablation (``FanIn(ablation=True)``) a neuron may instead hold none, the others q or q + 1.
 
 Ties are broken deterministically: among equal scores the lower flat index wins
 (is kept by ``topk``/``grow``, and is removed first by ``prune``). NaN scores rank
