@@ -179,7 +179,7 @@ def test_trained_fanin_run_exports_condensed_with_method_masks():
     model = TinyMLP(16, 32, 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     meth = regrow.create("rigl", model, opt, density=0.25, structure="fanin", total_steps=20,
-                         update_interval=2, distribution="uniform")
+                         update_interval=2, distribution="uniform", neuron_ablation=False)
     for step in range(20):
         opt.zero_grad()
         nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
@@ -224,3 +224,34 @@ def test_loader_rejects_out_of_range_indices(tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match="'fc2': stored indices are out of range"):
         regrow.load_export(path, model=fresh)
+
+
+def test_fanin_run_with_neuron_ablation_exports_and_round_trips(tmp_path):
+    # SRigL's neuron ablation leaves empty rows (ablated neurons) and q / q + 1 inputs on
+    # the others: the condensed export pads to q + 1 and equals the masked model
+    torch.manual_seed(0)
+    model = TinyMLP(16, 32, 4)
+    fresh = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    meth = regrow.create("rigl", model, opt, density=0.1, structure="fanin", total_steps=20,
+                         update_interval=2, distribution="uniform", neuron_ablation=True, gamma_sal=1.0)
+    for step in range(14):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, 4, (8,))).backward()
+        meth.step()
+    rows = {n: m.sum(1) for n, m in meth.state.masks.items()}
+    assert any(bool((r == 0).any()) for r in rows.values()), "no neuron was ablated"
+    assert bool((rows["fc3.weight"] > 0).all())       # the last layer keeps every neuron
+    model.eval()
+    x = torch.randn(5, 16)
+    path = str(tmp_path / "f.pt")
+    for kernel in ("ebag", "mv"):
+        res = regrow.export(model, path, format="fanin", input_shape=(16,), masks=meth.state.masks,
+                            timings=_forced(model, meth.state.masks, kernel, "fanin"))
+        for name in ("fc1", "fc2", "fc3"):
+            r = rows[f"{name}.weight"]
+            assert res.model.get_submodule(name).col.shape == (int((r > 0).sum()), int(r.max()))
+        torch.testing.assert_close(_out(res.model, x), _out(model, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_out(res.model, x[:1]), _out(model, x[:1]), rtol=1e-5, atol=1e-5)
+    loaded = regrow.load_export(path, model=fresh)
+    torch.testing.assert_close(_out(loaded, x), _out(model, x), rtol=1e-5, atol=1e-5)

@@ -117,3 +117,39 @@ def test_nm_layout_stores_n_of_m_and_needs_cuda_to_run():
         mod = mod.cuda().half()
         x = torch.randn(3, 16, device="cuda", dtype=torch.half)
         torch.testing.assert_close(mod(x), F.linear(x, w.cuda().half()), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("rows", [1, 7])
+def test_fanin_with_ablated_neurons_matches_dense(rows):
+    # what fan-in's neuron ablation leaves: empty rows (outputs = bias) and the budget over
+    # the alive neurons at q or q + 1; stored with k = q + 1, short rows padded with zeros
+    w, mask = _fanin_weight(out=12, inn=20, k=5)
+    mask[[2, 7]] = False                       # two ablated neurons
+    mask[0, :] = False
+    mask[0, :4] = True                         # one alive neuron at q = 4
+    w = torch.randn(12, 20) * mask
+    b = torch.randn(12)
+    assert fanin_k(mask, "fc") == 5
+    mod = SparseLinear.from_dense(w, b, "fanin", [(1, "mv")], mask=mask)
+    # only the 10 alive neurons are stored (and computed)
+    assert mod.col.shape == (10, 5) and mod.rows.tolist() == [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]
+    assert mod.spec()["alive"] == 10
+    x = torch.randn(rows, 20)
+    for kn in ("mv", "spmm", "ebag", "dense"):
+        y = mod.matmul(x, kn)
+        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y[:, [2, 7]], b[[2, 7]].expand(rows, 2))
+    torch.testing.assert_close(mod.dense_weight(), w)
+    # the loader's path: an empty module from the spec, then the state dict
+    again = SparseLinear.from_spec(mod.spec())
+    again.load_state_dict(mod.state_dict())
+    again.validate("fc")
+    torch.testing.assert_close(again.matmul(x, "ebag"), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    bad = SparseLinear.from_spec(mod.spec())
+    bad.load_state_dict({**mod.state_dict(), "rows": torch.tensor([0, 1, 3, 4, 5, 6, 8, 9, 10, 12])})
+    with pytest.raises(ValueError, match="out of range"):
+        bad.validate("fc")
+    mask[5, :] = False
+    mask[5, :3] = True                         # 3 and 5: not what fan-in leaves
+    with pytest.raises(ValueError, match="between 3 and 5 inputs per output neuron, not a constant k"):
+        fanin_k(mask, "fc")

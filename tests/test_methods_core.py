@@ -263,3 +263,45 @@ def test_methods_declare_what_they_take_from_the_run():
 def test_the_registry_names_each_method_once():
     for name in regrow.METHODS.names():
         assert regrow.METHODS.get(name).name == name
+
+
+def test_rigl_fanin_neuron_ablation_golden():
+    # Linear(4→3) then Linear(3→2), both without bias, uniform density 0.5: the first layer
+    # holds k = 2 per neuron (budget 6), Ω = ⌊0.5·6⌋ = 3 at the update
+    kw = dict(density=0.5, distribution="uniform", total_steps=100, update_interval=1, alpha=0.5,
+              fraction_schedule="constant", structure="fanin")
+    w = torch.tensor([[0.9, 0.8, 0, 0], [0.1, 0, 0.2, 0], [0, 0.05, 0, 0.3]])
+    mask = w != 0
+    g = torch.tensor([[0, 0, 0.7, 0.6], [0.01, 0.02, 0.03, 0.04], [0.5, 0, 0, 0]])
+
+    def update(**extra):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+        m = regrow.create("rigl", model, opt, **kw, **extra)
+        p = model[0].weight
+        with torch.no_grad():
+            p.copy_(w)
+        m.state.masks["0.weight"] = mask.clone()
+        p.grad = g.clone()
+        model[1].weight.grad = torch.zeros_like(model[1].weight)
+        m.step()
+        return m.state.masks["0.weight"].int().tolist()
+
+    # drop the 3 smallest |w| (0.05, 0.1, 0.2): neuron 1 keeps nothing; unconstrained growth
+    # of 3 by |g| picks 0.7, 0.6, 0.5, so the salient counts are [4, 0, 2]: below
+    # max(1, ⌊0.5·2⌋) = 1, neuron 1 is ablated and 6 over 2 alive neurons gives 3 each
+    # (neuron 2 takes its 0.5, then the lower index among its 0-gradient ties)
+    assert update(neuron_ablation=True, gamma_sal=0.5) == [[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 0, 1]]
+    # without ablation every neuron refills to 2 from its own best
+    assert update(neuron_ablation=False) == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]]
+
+
+def test_neuron_ablation_option_errors_and_warning(tiny_mlp):
+    with pytest.raises(ValueError, match="neuron_ablation applies to structure 'fanin' only"):
+        regrow.create("rigl", tiny_mlp, None, total_steps=10, neuron_ablation=True)
+    with pytest.raises(ValueError, match=r"gamma_sal .* must be a number in \(0, 1\]"):
+        regrow.create("rigl", tiny_mlp, None, total_steps=10, structure="fanin", neuron_ablation=True,
+                      gamma_sal=0.0)
+    with pytest.warns(UserWarning, match="neuron_ablation does nothing"):
+        regrow.create("static", tiny_mlp, None, structure="fanin", neuron_ablation=True)

@@ -44,6 +44,19 @@ OPTION_CASES = [
     pytest.param("iee", structure, density, opts, id=f"iee-{structure}-{density}-{'-'.join(map(str, opts.values()))}")
     for opts in ({"lr_clock": "trained"}, {"budget_aware": True})
     for structure, density in (("unstructured", 0.1), ("unstructured", 0.02), ("nm", None))
+] + [
+    # fan-in with SRigL's neuron ablation, every method that regrows; γ_sal = 0.9 makes
+    # neurons go (and come back) within these short runs
+    pytest.param(name, "fanin", density, {"neuron_ablation": True, "gamma_sal": 0.9},
+                 id=f"{name}-fanin-{density}-ablation")
+    for name in regrow.METHODS.names()
+    if "fanin" in regrow.METHODS.get(name).structures and regrow.METHODS.get(name).dynamic
+    for density in (0.5, 0.1)
+] + [
+    # and without it (on by default for fan-in): every neuron keeps exactly k
+    pytest.param(name, "fanin", 0.1, {"neuron_ablation": False}, id=f"{name}-fanin-0.1-exact-k")
+    for name in regrow.METHODS.names()
+    if "fanin" in regrow.METHODS.get(name).structures and regrow.METHODS.get(name).dynamic
 ]
 
 
@@ -87,6 +100,25 @@ def fanin_rows(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], -1).sum(1)
 
 
+def check_fanin(method, step, ablation):
+    """Every neuron holds k = target / out inputs; with neuron ablation a neuron holds 0
+    (ablated) or q / q + 1 (the budget over the alive ones), the last layer k. Returns the
+    number of ablated neurons."""
+    gone = 0
+    for n, mask in method.state.masks.items():
+        k = method.state.targets[n] // mask.shape[0]
+        assert method.state.targets[n] == k * mask.shape[0], f"{n}: target not k per neuron"
+        rows = fanin_rows(mask)
+        if not ablation or n == method.names[-1]:
+            assert torch.all(rows == k), f"step {step}: {n} breaks fan-in {k}"
+            continue
+        alive = rows[rows > 0]
+        q = method.state.targets[n] // alive.numel()
+        assert torch.all((alive == q) | (alive == q + 1)), f"step {step}: {n} alive fan-ins {alive.tolist()}"
+        gone += rows.numel() - alive.numel()
+    return gone
+
+
 def check_invariants(method, optimizer, prev_masks, step):
     counts = method.expected_counts()
     live = method.live_masks()
@@ -128,6 +160,7 @@ def _invariants_every_step(name, structure, density, opt_kind, opts):
     prev = {n: m.clone() for n, m in method.state.masks.items()}
     check_invariants(method, opt, prev, 0)
     changed = False
+    ablated = 0
     for step in range(1, TOTAL + 1):
         train_step(method, model, opt, step)
         if sched is not None:
@@ -137,16 +170,16 @@ def _invariants_every_step(name, structure, density, opt_kind, opts):
             for n, mask in method.state.masks.items():
                 assert torch.all(nm_blocks(mask) == 2), f"step {step}: {n} breaks 2:4"
         if structure == "fanin" and full:
-            for n, mask in method.state.masks.items():
-                k = method.state.targets[n] // mask.shape[0]
-                assert method.state.targets[n] == k * mask.shape[0], f"{n}: target not k per neuron"
-                assert torch.all(fanin_rows(mask) == k), f"step {step}: {n} breaks fan-in {k}"
+            ablated = max(ablated, check_fanin(method, step, method.config.neuron_ablation))
         changed |= any(not torch.equal(prev[n], m) for n, m in method.state.masks.items())
         prev = {n: m.clone() for n, m in method.state.masks.items()}
         method.pop_metrics()
     assert method.state.step == TOTAL
     if regrow.METHODS.get(name).dynamic and density != 0.5:
         assert changed, f"{name} never changed its structure in {TOTAL} steps"
+    if opts.get("neuron_ablation") and density != 0.5 and name != "iee":
+        # (IEE explores every inactive weight, so few neurons lack salient ones here)
+        assert ablated, f"{name}: neuron ablation never ablated a neuron in {TOTAL} steps"
 
 
 def _compare_states(a, b):
@@ -291,9 +324,14 @@ CONFIGS = [(n, d, s) for n in regrow.METHODS.names() for d in ("uniform", "erk",
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=st.sampled_from(CONFIGS), opt_kind=st.sampled_from(sorted(OPTIMIZERS)),
-       density=st.sampled_from([0.05, 0.2, 0.5]), dense_first_last=st.booleans())
-def test_random_configurations_keep_every_invariant(config, opt_kind, density, dense_first_last):
+       density=st.sampled_from([0.05, 0.2, 0.5]), dense_first_last=st.booleans(),
+       ablation=st.sampled_from([None, 0.3, 0.9]))
+def test_random_configurations_keep_every_invariant(config, opt_kind, density, dense_first_last, ablation):
     name, distribution, structure = config
+    # fan-in with SRigL's neuron ablation at γ_sal = ``ablation`` (methods that regrow)
+    extra = {}
+    if ablation is not None and structure == "fanin" and regrow.METHODS.get(name).dynamic:
+        extra = {"neuron_ablation": True, "gamma_sal": ablation}
     # TinyNet's first and last layers alone are 12% of its weights: a global budget below
     # that cannot keep them dense (a ValueError, tested in test_distributions)
     assume(not (dense_first_last and distribution == "global" and density < 0.2))
@@ -301,7 +339,7 @@ def test_random_configurations_keep_every_invariant(config, opt_kind, density, d
     model = TinyNet()
     opt = OPTIMIZERS[opt_kind](model.parameters())
     method = build(name, structure, None if structure == "nm" else density, model, opt,
-                   distribution=distribution, dense_first_last=dense_first_last)
+                   distribution=distribution, dense_first_last=dense_first_last, **extra)
     prev = {n: m.clone() for n, m in method.state.masks.items()}
     check_invariants(method, opt, prev, 0)
     for step in range(1, 13):
@@ -310,6 +348,8 @@ def test_random_configurations_keep_every_invariant(config, opt_kind, density, d
         if structure == "nm" and full and name != "dense":
             for n in method.updatable_names():
                 assert torch.all(nm_blocks(method.state.masks[n]) == 2), f"step {step}: {n} breaks 2:4"
+        if structure == "fanin" and full:
+            check_fanin(method, step, method.config.neuron_ablation)
         prev = {n: m.clone() for n, m in method.state.masks.items()}
         method.pop_metrics()
     # the state_dict round trip restores every piece of sparsity state
@@ -319,7 +359,7 @@ def test_random_configurations_keep_every_invariant(config, opt_kind, density, d
     fresh_opt = OPTIMIZERS[opt_kind](fresh_model.parameters())
     fresh_opt.load_state_dict(opt.state_dict())
     twin = build(name, structure, None if structure == "nm" else density, fresh_model, fresh_opt,
-                 distribution=distribution, dense_first_last=dense_first_last)
+                 distribution=distribution, dense_first_last=dense_first_last, **extra)
     twin.load_state_dict(sd)
     _compare_states(method, twin)
 

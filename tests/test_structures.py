@@ -282,3 +282,85 @@ def test_fanin_grow_takes_each_rows_best_inactive():
     scores = torch.tensor([[9.0, 1.0, 3.0, 2.0], [0.0, 5.0, 5.0, 1.0]])
     new = f.grow(scores, mask, 3)
     assert new.tolist() == [[True, False, True, False], [False, True, True, False]]
+
+
+# ---- fan-in with SRigL's neuron ablation (worked out by hand) ------------------------------
+def _b(rows):
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def test_fanin_ablation_golden_ablates_the_neuron_without_salient_weights():
+    # 4 neurons × 4 inputs, k = 2 (budget 8), 3 weights just pruned (5 kept)
+    f = FanIn(ablation=True, gamma_sal=0.5)          # threshold max(1, ⌊0.5·2⌋) = 1
+    kept = _b([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
+    scores = torch.tensor([[0, 0, 9, 1], [0, 8, 0, 0], [0.5, 0.2, 0.1, 0], [0, 0, 7, 2.0]])
+    # unconstrained growth of 3 picks 9, 8, 7: salient counts [3, 2, 0, 3] -> neuron 2 goes;
+    # 8 over 3 alive neurons: q = 2, r = 2, the two most salient (0 and 3) get 3
+    new = f.grow(scores, kept, 3)
+    assert new.int().tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]]
+    # without ablation (or for a layer that must keep its neurons) every neuron refills to 2
+    plain = [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+    assert FanIn().grow(scores, kept, 3).int().tolist() == plain
+    assert f.grow(scores, kept, 3, ablate=False).int().tolist() == plain
+
+
+def test_fanin_ablation_golden_keeps_enough_neurons_for_the_budget():
+    # 4 neurons × 3 inputs, k = 2 (budget 8): at least ⌈8/3⌉ = 3 neurons must stay
+    f = FanIn(ablation=True, gamma_sal=1.0)          # threshold ⌊1·2⌋ = 2
+    kept = _b([[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    scores = torch.tensor([[0, 0, 9.0], [0, 0, 8], [0, 0, 0], [7, 0, 0]])
+    # salient [3, 3, 1, 1]: neurons 2 and 3 are below 2, one may go: the lower index
+    # (least salient first, ties: lower index, as prune); 8 over 3: q = 2, r = 2 -> 0, 1 get 3
+    new = f.grow(scores, kept, 3)
+    assert new.int().tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]]
+    assert f.ablated(_b([[1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 0, 0]]), 8).tolist() == [False, False, True, False]
+
+
+def test_fanin_ablation_golden_revives_and_trims_by_the_keep_scores():
+    # 3 neurons × 4 inputs, k = 2 (budget 6); neuron 2 was ablated at the last update, so
+    # neuron 0 holds 3; one weight of neuron 1 was just pruned
+    f = FanIn(ablation=True, gamma_sal=0.5)
+    kept = _b([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    grow = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [9, 0, 4, 0.0]])
+    keep = torch.tensor([[0.1, 5, 3, 0], [1, 1, 0, 0], [0, 0, 0, 0.0]])
+    # growth of 1 picks neuron 2's 9: salient [3, 2, 1], none below 1 -> all alive, q = 2:
+    # neuron 0 keeps its 2 best by the keep scores, neuron 2 revives with its 2 best
+    new = f.grow(grow, kept, 1, keep_scores=keep)
+    assert new.int().tolist() == [[0, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0]]
+
+
+def test_fanin_ablation_row_targets_sum_to_the_budget():
+    counts = torch.tensor([5, 1, 7, 7, 3])
+    ablated = torch.tensor([False, True, False, False, False])
+    # 10 over 4 alive: q = 2, r = 2 -> the two most salient (2 and 3, tie: lower index first)
+    assert FanIn.row_targets(counts, ablated, 10).tolist() == [2, 0, 3, 3, 2]
+    assert FanIn.row_targets(counts, ablated, 8).tolist() == [2, 0, 2, 2, 2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 6), cols=st.integers(2, 12), gamma=st.sampled_from([0.1, 0.3, 0.6, 1.0]), data=st.data())
+def test_fanin_ablation_keeps_the_budget_and_near_constant_fan_in(rows, cols, gamma, data):
+    f = FanIn(ablation=True, gamma_sal=gamma)
+    k = data.draw(st.integers(1, cols))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 10_000)))
+    mask = f.topk(torch.randn(rows, cols, generator=g), k * rows)
+    for _ in range(3):   # several updates: ablated neurons stay empty or revive
+        n = data.draw(st.integers(0, int(mask.sum())))
+        pruned = f.prune(torch.rand(rows, cols, generator=g), mask, n)
+        grow = torch.randn(rows, cols, generator=g)
+        grow[0, 0] = float("nan")
+        mask = f.grow(grow, pruned, n, keep_scores=torch.rand(rows, cols, generator=g))
+        per = mask.sum(1)
+        alive = per[per > 0]
+        assert int(per.sum()) == k * rows
+        assert int(alive.max()) - int(alive.min()) <= 1 and int(alive.max()) <= cols
+        assert alive.numel() >= -(-k * rows // cols)
+
+
+def test_fanin_ablation_options_are_checked():
+    assert make_structure("fanin", ablation=True, gamma_sal=0.3).ablation
+    for bad in (0, 1.5, -0.1, True, "0.3"):
+        with pytest.raises(ValueError, match="gamma_sal"):
+            FanIn(ablation=True, gamma_sal=bad)
+    with pytest.raises(ValueError, match="neuron_ablation must be true or false"):
+        FanIn(ablation="yes")

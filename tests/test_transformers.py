@@ -130,6 +130,49 @@ def test_gpt2_two_four_blocks_run_along_the_input_dimension(include):
     assert len(sp.names) == (4 if include else 8) and blocks == (3584 if include else 6144)
 
 
+@pytest.mark.parametrize("method,opts", [
+    ("rigl", {"update_interval": 2}), ("iee", {"H": 2, "J": 1, "Q": 2}),
+    ("rigl", {"update_interval": 2, "neuron_ablation": True, "gamma_sal": 1.0}),
+], ids=["rigl", "iee", "rigl-ablation"])
+def test_gpt2_fanin_counts_inputs_along_the_input_dimension(method, opts):
+    # Conv1D stores [in, out]: every output neuron is a column, its inputs run along dim 0
+    model = tiny_gpt2()
+    opt, sp = build(model, method, density=0.2, structure="fanin", distribution="uniform",
+                    total_steps=20, **opts)
+    ablation = sp.config.neuron_ablation
+    seen_ablated = False
+    for step in range(1, 15):
+        lm_loss(model, step).backward()
+        sp.step()
+        opt.zero_grad()
+        check_invariants(sp, nm=False)
+        expected = sp.expected_counts()
+        for n, mask in sp.state.masks.items():
+            if expected[n] != sp.state.targets[n]:
+                continue                       # IEE between prune and grow holds fewer
+            per_out = mask.sum(0)              # inputs of each output neuron
+            k = sp.state.targets[n] // mask.shape[1]
+            assert sp.state.targets[n] == k * mask.shape[1], n
+            if not ablation or n == sp.names[-1]:
+                assert torch.all(per_out == k), f"step {step}: {n} fan-ins {per_out.unique().tolist()}"
+            else:
+                alive = per_out[per_out > 0]
+                assert int(alive.max()) - int(alive.min()) <= 1, n
+                seen_ablated |= alive.numel() < per_out.numel()
+    assert seen_ablated or not opts.get("neuron_ablation")
+    # the condensed export counts along the same dimension and equals the masked model
+    from regrow.deploy import SparseLinear, sparse_layers
+    model.eval()
+    timings = {l.name: {"dense": {1: 1.0}, "fanin:ebag": {1: 0.5}} for l in sparse_layers(model, sp.state.masks)}
+    ids = torch.randint(1, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(99))
+    res = regrow.export(model, format="fanin", example=ids[:1], masks=sp.state.masks, timings=timings)
+    fanin = {n: m for n, m in res.model.named_modules() if isinstance(m, SparseLinear)}
+    assert len(fanin) == len(sp.names)
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_gpt2_frozen_weight_is_skipped_and_untouched():
     model = tiny_gpt2()
     frozen = model.transformer.h[0].mlp.c_fc.weight

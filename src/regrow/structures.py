@@ -7,7 +7,8 @@
 * ``fanin`` (constant fan-in, Lasby et al. ICLR 2024, "Dynamic Sparse Training with
   Structured Sparsity", SRigL): every output neuron (row ``w[o]`` of ``[out, in, *kernel]``)
   keeps exactly the same number k of inputs, so the layer condenses to values and
-  indices of shape ``[out, k]`` (y_o = Σ_j v[o, j] · x[idx[o, j]]).
+  indices of shape ``[out, k]`` (y_o = Σ_j v[o, j] · x[idx[o, j]]). With SRigL's neuron
+  ablation (``FanIn(ablation=True)``) a neuron may instead hold none, the others q or q + 1.
 
 Ties are broken deterministically: among equal scores the lower flat index wins
 (is kept by ``topk``/``grow``, and is removed first by ``prune``). NaN scores rank
@@ -16,7 +17,7 @@ as -inf: below every real score, so a NaN is never preferred to a number.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -285,19 +286,34 @@ class NM:
         return new
 
 
-def fill_rows(scores: torch.Tensor, mask: torch.Tensor, per_row: int) -> torch.Tensor:
+def _row_ranks(scores: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Rank (0-based) of every entry of ``scores`` ([rows, cols], cleaned) within its row:
+    the entries where ``first`` is True come first, each group best score first (ties:
+    lower index)."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    front = torch.sort((~first).gather(1, order).to(torch.uint8), dim=1, stable=True).indices
+    order = order.gather(1, front)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return ranks
+
+
+def fill_rows(scores: torch.Tensor, mask: torch.Tensor, per_row) -> torch.Tensor:
     """``mask`` ([rows, cols]) plus, in every row, its best inactive entries until the row
-    holds ``per_row`` (NaN lowest; ties: lower index). Rows already full are unchanged."""
-    s = _clean(scores)
+    holds ``per_row`` (an int, or a ``[rows]`` tensor of per-row targets; NaN lowest; ties:
+    lower index). Rows already at or above their target are unchanged."""
+    if torch.is_tensor(per_row):
+        per_row = per_row.reshape(-1, 1)
     deficit = per_row - mask.sum(1, keepdim=True)
     # best score first (ties: lower index), then every inactive entry before every active
     # one, so even -inf/NaN candidates fill a row before nothing does (as NM._fill)
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    active_first = torch.sort(mask.gather(1, order).to(torch.uint8), dim=1, stable=True).indices
-    order = order.gather(1, active_first)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
-    return mask | (ranks < deficit)
+    return mask | (_row_ranks(_clean(scores), ~mask) < deficit)
+
+
+def trim_rows(scores: torch.Tensor, mask: torch.Tensor, per_row: torch.Tensor) -> torch.Tensor:
+    """``mask`` ([rows, cols]) keeping, in every row, only its ``per_row[r]`` best-scored
+    active entries (NaN lowest; ties: lower index). Rows at or below their target are unchanged."""
+    return mask & (_row_ranks(_clean(scores), mask) < per_row.reshape(-1, 1))
 
 
 class FanIn:
@@ -307,9 +323,37 @@ class FanIn:
     into that (k = round(count / out), clipped to [1, fan-in]). Drop-and-grow methods prune
     the Ω lowest-scored active weights of the layer anywhere, then grow refills every
     neuron to k from its own best inactive entries (SRigL §3: "regrow as many weights in
-    each neuron as were pruned from it"), so the total regrown is exactly Ω."""
+    each neuron as were pruned from it"), so the total regrown is exactly Ω.
+
+    **Neuron ablation** (``ablation=True``, SRigL §3.3): at every grow, with B = k · out the
+    layer's budget and Ω the weights just pruned, a weight is *salient* if the layer's
+    unconstrained selection would hold it: it survived the prune (the top B − Ω of the keep
+    scores) or it is among the Ω best-scored inactive weights (what unstructured growth
+    would pick). Neuron o with s_o salient weights is ablated (every weight removed) when
+
+        s_o < max(1, ⌊γ_sal · k⌋)
+
+    (SRigL's rule, with ``gamma_sal`` γ_sal = 0.3 by default, k the layer's constant fan-in
+    without ablation), except that at least ⌈B / fan-in⌉ neurons stay alive (so that the
+    budget fits; the least salient candidates are ablated first, ties: lower index) and
+    a layer the caller marks ``ablate=False`` (its outputs are the model's) keeps every
+    neuron. The budget moves to the A alive neurons, keeping the layer's count exactly B:
+    with q, r = divmod(B, A) every alive neuron gets q inputs and the r most salient of
+    them (ties: lower index) q + 1, so fan-in is constant up to one (export pads those rows
+    by one zero). An alive neuron keeps its best kept weights (by the keep scores) up to
+    its target and grows its best inactive ones beyond them. Ablation is decided afresh at
+    every update from the mask alone, so an ablated neuron revives when enough of the
+    unconstrained growth falls in it; no state beyond the mask is kept."""
 
     name = "fanin"
+
+    def __init__(self, ablation: bool = False, gamma_sal: float = 0.3):
+        if not isinstance(ablation, bool):
+            raise ValueError(f"neuron_ablation must be true or false, got {ablation!r}")
+        if isinstance(gamma_sal, bool) or not isinstance(gamma_sal, (int, float)) or not 0 < gamma_sal <= 1:
+            raise ValueError(f"gamma_sal (SRigL's γ_sal, the fraction of k salient weights a neuron "
+                             f"needs to stay alive) must be a number in (0, 1], got {gamma_sal!r}")
+        self.ablation, self.gamma_sal = ablation, float(gamma_sal)
 
     def check(self, name: str, shape: Sequence[int]) -> None:
         if len(shape) < 2:
@@ -343,23 +387,80 @@ class FanIn:
     def prune(self, scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
         return prune_lowest(scores, mask, n)
 
-    def grow(self, scores: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    def grow(self, scores: torch.Tensor, mask: torch.Tensor, n: int,
+             keep_scores: Optional[torch.Tensor] = None, ablate: bool = True) -> torch.Tensor:
+        """``mask`` (after a prune of ``n``) back at the layer's budget: every neuron refilled
+        to k, or with ``ablation`` (and ``ablate``) the neuron ablation of the class
+        docstring. ``keep_scores`` rank the kept weights of a neuron whose new target is
+        below what it holds (default: ``scores``)."""
         rows = mask.shape[0]
+        if self.ablation and ablate:
+            ks = scores if keep_scores is None else keep_scores
+            new = self._grow_ablating(scores.reshape(rows, -1), ks.reshape(rows, -1),
+                                      mask.reshape(rows, -1), n).view(mask.shape)
+            assert count_true(new) == count_true(mask) + n, "fan-in grow must end at the layer's budget"
+            return new
         per = (count_true(mask) + n) // rows
         new = fill_rows(scores.reshape(rows, -1), mask.reshape(rows, -1), per).view(mask.shape)
         assert count_true(new) - count_true(mask) == n, "fan-in grow must refill exactly the pruned count"
         return new
+
+    def ablated(self, salient: torch.Tensor, budget: int) -> torch.Tensor:
+        """Which neurons (rows of the ``[rows, cols]`` bool ``salient``) to ablate, for a
+        layer holding ``budget`` weights: s_o < max(1, ⌊γ_sal·k⌋), at least ⌈budget / cols⌉
+        neurons alive (the least salient candidates go first, ties: lower index)."""
+        rows, cols = salient.shape
+        k = budget // rows
+        s = salient.sum(1)
+        cand = s < max(1, int(math.floor(self.gamma_sal * k)))
+        room = rows - max(1, -(-budget // cols))   # most neurons that may go
+        if int(cand.sum()) <= room:
+            return cand
+        # least salient first; a stable sort keeps the lower index first among equals
+        order = torch.sort(s, stable=True).indices[:room]
+        out = torch.zeros(rows, dtype=torch.bool, device=salient.device)
+        out[order] = True
+        return out
+
+    @staticmethod
+    def row_targets(salient_counts: torch.Tensor, ablated: torch.Tensor, budget: int) -> torch.Tensor:
+        """Per-row counts summing exactly to ``budget``: 0 for ablated rows; q or q + 1 for
+        the A alive ones (q, r = divmod(budget, A)), the r most salient getting q + 1 (ties:
+        lower index)."""
+        alive = ~ablated
+        q, r = divmod(budget, int(alive.sum()))
+        targets = torch.where(alive, q, 0)
+        if r:
+            key = torch.where(alive, salient_counts, -1)   # ablated rows never get the extra one
+            extra = torch.sort(key, descending=True, stable=True).indices[:r]
+            targets[extra] += 1
+        return targets
+
+    def _grow_ablating(self, scores: torch.Tensor, keep_scores: torch.Tensor, mask: torch.Tensor,
+                       n: int) -> torch.Tensor:
+        budget = count_true(mask) + n
+        assert budget % mask.shape[0] == 0, "a fan-in budget is k per output neuron"
+        # the layer's unconstrained keep + grow selection: what survived the prune plus
+        # the n best inactive weights by the grow scores
+        salient = grow_highest(scores, mask, n)
+        ablated = self.ablated(salient, budget)
+        targets = self.row_targets(salient.sum(1), ablated, budget)
+        kept = trim_rows(keep_scores, mask, targets)
+        return fill_rows(scores, kept, targets)
 
 
 # name -> factory(n, m): the per-layer structures a method's ``structure`` field names
 STRUCTURES: "Registry[Callable[[int, int], Any]]" = Registry("structure")
 STRUCTURES.add("unstructured", lambda n, m: Unstructured())
 STRUCTURES.add("nm", NM)
-STRUCTURES.add("fanin", lambda n, m: FanIn())
+STRUCTURES.add("fanin", lambda n, m, **kw: FanIn(**kw))
 
 
-def make_structure(name: str, n: int = 2, m: int = 4):
-    """The registered structure ``name`` (``nm`` takes N and M)."""
+def make_structure(name: str, n: int = 2, m: int = 4, **options: Any):
+    """The registered structure ``name`` (``nm`` takes N and M; ``fanin`` takes
+    ``ablation`` and ``gamma_sal``)."""
+    if options:
+        return STRUCTURES.get(name)(n, m, **options)
     return STRUCTURES.get(name)(n, m)
 
 

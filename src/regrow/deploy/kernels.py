@@ -14,7 +14,9 @@ computes ``y = x Wᵀ + b`` on the 2-D view ``x2 [rows, in]`` of its input with 
 * ``bsr`` — block CSR (``torch.sparse.mm``), which pays only when the mask is blocky;
 * ``fanin`` — constant fan-in (SRigL, Lasby et al. 2024) condensed: values and indices of
   shape ``[out, k]``; ``mv`` on the equal-length CSR they define, or ``ebag`` with no
-  offsets at all (every bag holds k);
+  offsets at all (every bag holds k). Neurons removed by SRigL's neuron ablation (rows
+  with no weight: their output is the bias) are not stored: ``rows`` lists the ``alive``
+  stored ones and the kernels compute only those;
 * ``nm`` — 2:4 semi-structured on CUDA (``torch.sparse.to_sparse_semi_structured``),
   stored portably as the N kept values and their positions in each block of M.
 
@@ -54,7 +56,8 @@ class SparseLinear(nn.Module):
     def __init__(self, kind: str, in_features: int, out_features: int, bias: bool,
                  kernels: Sequence[Tuple[int, str]], layout: str = "linear",
                  stride: Sequence[int] = (), nnz: int = 0, k: int = 0, block: int = 0,
-                 n: int = 2, m: int = 4, dtype: torch.dtype = torch.float32):
+                 n: int = 2, m: int = 4, alive: Optional[int] = None,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -81,8 +84,11 @@ class SparseLinear(nn.Module):
             self.register_buffer("col", torch.zeros(nb, **i32))
             self.register_buffer("values", torch.zeros(nb, block, block, dtype=dtype))
         elif kind == "fanin":
-            self.register_buffer("col", torch.zeros(out_features, k, **i32))
-            self.register_buffer("values", torch.zeros(out_features, k, dtype=dtype))
+            stored = out_features if alive is None else int(alive)
+            self.register_buffer("col", torch.zeros(stored, k, **i32))
+            self.register_buffer("values", torch.zeros(stored, k, dtype=dtype))
+            # the stored (alive) output rows when ablated neurons were left out
+            self.register_buffer("rows", None if alive is None else torch.zeros(stored, dtype=torch.int64))
         else:  # nm: N kept values of each block of M along the input, and their positions
             blocks = in_features // m
             self.register_buffer("values", torch.zeros(out_features, blocks, n, dtype=dtype))
@@ -112,6 +118,8 @@ class SparseLinear(nn.Module):
             out.update(nnz=int(self.col.numel()), block=self.block)
         elif self.kind == "fanin":
             out["k"] = int(self.col.shape[1])
+            if self.rows is not None:
+                out["alive"] = int(self.rows.numel())
         else:
             out.update(n=self.n, m=self.m)
         return out
@@ -125,12 +133,15 @@ class SparseLinear(nn.Module):
         if self.kind in ("csr", "bsr"):
             crow = self.crow.long()
             bad = bad or int(crow[0]) != 0 or int(crow[-1]) != col.numel() or bool((crow.diff() < 0).any())
+        if self.kind == "fanin" and self.rows is not None and self.rows.numel():
+            r = self.rows
+            bad = bad or int(r.min()) < 0 or int(r.max()) >= self.out_features or bool((r.diff() <= 0).any())
         if bad:
             raise ValueError(f"layer '{name}': stored indices are out of range or inconsistent "
                              f"(corrupt or foreign file)")
 
     _SPEC_KEYS = ("kind", "in_features", "out_features", "bias", "kernels", "layout", "stride", "dtype",
-                  "nnz", "k", "block", "n", "m")
+                  "nnz", "k", "block", "n", "m", "alive")
 
     @classmethod
     def from_spec(cls, spec: dict) -> "SparseLinear":
@@ -172,10 +183,16 @@ class SparseLinear(nn.Module):
                        "values": bsr.values()}
         elif kind == "fanin":
             k = fanin_k(active, name)
-            # the k active entries of each row, in column order
-            col = torch.sort(torch.topk(active.to(torch.int8), k, dim=1, sorted=False).indices, dim=1).values
-            mod = cls("fanin", k=k, **mod_args)
-            tensors = {"col": col.int(), "values": w.gather(1, col)}
+            live = active.any(1)
+            rows = None if bool(live.all()) else torch.nonzero(live).squeeze(1)
+            a, wa = (active, w) if rows is None else (active[rows], w[rows])
+            # the k active entries of each stored row, in column order (a row holding one
+            # fewer, after neuron ablation, is padded with an inactive, zero-valued entry)
+            col = torch.sort(torch.topk(a.to(torch.int8), k, dim=1, sorted=False).indices, dim=1).values
+            mod = cls("fanin", k=k, alive=None if rows is None else rows.numel(), **mod_args)
+            tensors = {"col": col.int(), "values": wa.gather(1, col)}
+            if rows is not None:
+                tensors["rows"] = rows
         elif kind == "nm":
             check_nm(active, n, m, name)
             blocks = w.reshape(out_f, in_f // m, m)
@@ -207,9 +224,12 @@ class SparseLinear(nn.Module):
         if self.kind in ("csr", "bsr"):
             return self._sparse().to_dense()
         if self.kind == "fanin":
-            w = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype,
-                            device=self.values.device)
-            return w.scatter_(1, self.col.long(), self.values)
+            w = torch.zeros(self.col.shape[0], self.in_features, dtype=self.values.dtype,
+                            device=self.values.device).scatter_(1, self.col.long(), self.values)
+            if self.rows is None:
+                return w
+            full = torch.zeros(self.out_features, self.in_features, dtype=w.dtype, device=w.device)
+            return full.index_copy_(0, self.rows, w)
         w = torch.zeros(self.out_features, self.in_features // self.m, self.m,
                         dtype=self.values.dtype, device=self.values.device)
         return w.scatter_(2, self.col.long(), self.values).reshape(self.out_features, self.in_features)
@@ -228,10 +248,11 @@ class SparseLinear(nn.Module):
             return (torch.sparse_csr_tensor(self.crow, self.col, self.values, shape),)
         if self.kind == "bsr":
             return (torch.sparse_bsr_tensor(self.crow, self.col, self.values, shape),)
-        if self.kind == "fanin":   # the equal-length CSR the condensed layout defines
-            k = self.col.shape[1]
-            crow = torch.arange(0, self.out_features * k + 1, k, dtype=torch.int32, device=self.col.device)
-            return (torch.sparse_csr_tensor(crow, self.col.reshape(-1), self.values.reshape(-1), shape),)
+        if self.kind == "fanin":   # the equal-length CSR the condensed layout defines (stored rows)
+            stored, k = self.col.shape
+            crow = torch.arange(0, stored * k + 1, k, dtype=torch.int32, device=self.col.device)
+            return (torch.sparse_csr_tensor(crow, self.col.reshape(-1), self.values.reshape(-1),
+                                            (stored, self.in_features)),)
         return (semi_structured(self.dense_weight()),)
 
     def matmul(self, x2: torch.Tensor, kernel: Optional[str] = None) -> torch.Tensor:
@@ -260,6 +281,11 @@ class SparseLinear(nn.Module):
                                     mode="sum", include_last_offset=True).t()
         else:  # spmm, and mv asked of several rows
             y = torch.sparse.mm(self._sparse(), x2.t()).t()
+        if self.kind == "fanin" and self.rows is not None:   # ablated neurons output 0 (+ bias)
+            # scattered in the [out, rows] layout the kernels produce (y is its transpose):
+            # contiguous rows to copy, and the next ebag layer's table stays contiguous
+            yt = y.t()
+            y = yt.new_zeros(self.out_features, rows).index_copy_(0, self.rows, yt).t()
         return y if self.bias is None else y + self.bias
 
     def _nm(self, x2: torch.Tensor) -> torch.Tensor:
@@ -291,16 +317,21 @@ class SparseLinear(nn.Module):
 
 # ---- checks and helpers ----------------------------------------------------------------
 def fanin_k(active: torch.Tensor, name: str = "layer") -> int:
-    """The common number of active entries per output row; a clear error when it differs."""
+    """The number k of inputs each output row is stored with: the common count of active
+    entries per row, or its largest when fan-in's neuron ablation left some rows empty
+    (ablated neurons: outputs are the bias) and the others at q or q + 1 (the budget over
+    the alive neurons); rows below k are padded with zero-valued entries. A clear error
+    when the counts differ otherwise."""
     per_row = (active.reshape(active.shape[0], -1) != 0).sum(1)
-    lo, hi = int(per_row.min()), int(per_row.max())
-    if lo != hi:
+    alive = per_row[per_row > 0]
+    if alive.numel() == 0:
+        raise ValueError(f"fan-in export: layer '{name}' has no non-zero weight")
+    lo, hi = int(alive.min()), int(alive.max())
+    if hi - lo > 1:
         raise ValueError(f"fan-in export: layer '{name}' has between {lo} and {hi} inputs per output "
                          f"neuron, not a constant k; train it with structure 'fanin' (or export it "
                          f"with format 'sparse')")
-    if lo == 0:
-        raise ValueError(f"fan-in export: layer '{name}' has no non-zero weight")
-    return lo
+    return hi
 
 
 def check_nm(active: torch.Tensor, n: int, m: int, name: str = "layer") -> None:

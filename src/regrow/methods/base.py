@@ -68,6 +68,14 @@ class SparsityConfig:
     structure: ``unstructured`` | ``nm`` (with ``n``, ``m``) | ``fanin`` (every output
         neuron keeps the same number of inputs; per-layer counts rounded to a multiple of
         the layer's outputs).
+    neuron_ablation: with ``fanin``, SRigL's neuron ablation (Lasby et al. 2024, §3.3): at
+        every grow a neuron with fewer than max(1, ⌊gamma_sal · k⌋) salient weights loses
+        all of them and its budget moves to the others (see
+        :class:`regrow.structures.FanIn`); the last sparse layer is never ablated.
+        ``None`` (default): on for ``fanin`` with methods that regrow, as in SRigL (never
+        worse than plain fan-in on MNIST-1D, +2.6 points for IEE at density 0.05:
+        benchmarks/RESULTS.md); ``False``: every neuron keeps exactly k.
+    gamma_sal: SRigL's γ_sal in (0, 1] (0.3 in the paper).
     dense_first_last: keep the first and last sparse layer dense.
     include / exclude: fnmatch patterns on parameter names, matched against every name
         of a tied tensor; ``include`` replaces the default (every Conv/Linear/HF Conv1D
@@ -82,6 +90,8 @@ class SparsityConfig:
     structure: str = "unstructured"
     n: int = 2
     m: int = 4
+    neuron_ablation: Optional[bool] = None
+    gamma_sal: float = 0.3
     dense_first_last: bool = False
     include: Tuple[str, ...] = ()
     exclude: Tuple[str, ...] = ()
@@ -235,7 +245,7 @@ class SparseMethod(metaclass=_MethodMeta):
         self.names: List[str] = list(self.params)
         check_in_optimizer(self.params, self.optimizer)
         self._pristine = Pristine(self.params, self.optimizer)
-        self.structure = make_structure(cfg.structure, cfg.n, cfg.m)
+        self.structure = make_structure(cfg.structure, cfg.n, cfg.m, **self._structure_options())
         for n in self.params:
             self.structure.check(n, self._canonical_shape(n))
 
@@ -278,6 +288,35 @@ class SparseMethod(metaclass=_MethodMeta):
         structure update fits the run); silence would hide it."""
         return None
 
+    def _resolve_neuron_ablation(self) -> None:
+        """``neuron_ablation=None`` (default): on for ``fanin`` with a method that regrows
+        (SRigL's setting; benchmarks/RESULTS.md, issue 13), off otherwise. An explicit
+        ``True`` elsewhere is an error (another structure) or a warning (no regrowth)."""
+        cfg = self.config
+        given = cfg.neuron_ablation
+        if given is None:
+            on = cfg.structure == "fanin" and self.dynamic
+        else:
+            if not isinstance(given, bool):
+                raise ValueError(f"neuron_ablation must be true, false or null (on for fanin), got {given!r}")
+            if given and cfg.structure != "fanin":
+                raise ValueError(f"neuron_ablation applies to structure 'fanin' only (SRigL's neuron "
+                                 f"ablation); got structure {cfg.structure!r}")
+            if given and not self.dynamic:
+                warn_user(f"{self.name}: neuron_ablation does nothing: the method never regrows "
+                          f"weights, and ablation happens at the grow of a structure update")
+            on = given and self.dynamic
+        if on:
+            make_structure("fanin", ablation=True, gamma_sal=cfg.gamma_sal)   # checks gamma_sal
+        self.config = dataclasses.replace(cfg, neuron_ablation=on)
+
+    def _structure_options(self) -> Dict[str, Any]:
+        """Options of the structure beyond N and M (fan-in's neuron ablation)."""
+        cfg = self.config
+        if getattr(cfg, "structure", None) == "fanin" and getattr(cfg, "neuron_ablation", False):
+            return {"ablation": True, "gamma_sal": cfg.gamma_sal}
+        return {}
+
     # ---- configuration ------------------------------------------------------
     def validate_config(self) -> None:
         cfg = self.config
@@ -301,6 +340,7 @@ class SparseMethod(metaclass=_MethodMeta):
             self.config = dataclasses.replace(cfg, density=0.1)
         else:
             check_density(cfg.density)
+        self._resolve_neuron_ablation()
         ts = self.config.total_steps
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts <= 0):
             raise ValueError(f"total_steps must be a positive integer, got {ts!r}")
@@ -387,8 +427,17 @@ class SparseMethod(metaclass=_MethodMeta):
         d = self._dim(name)
         return from_canonical(self.structure.prune(to_canonical(scores, d), to_canonical(mask, d), count), d)
 
-    def structure_grow(self, name: str, scores: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    def structure_grow(self, name: str, scores: torch.Tensor, mask: torch.Tensor, count: int,
+                       keep_scores: Optional[torch.Tensor] = None) -> torch.Tensor:
         d = self._dim(name)
+        if getattr(self.structure, "ablation", False):
+            # fan-in neuron ablation: ``keep_scores`` rank a neuron's kept weights when its
+            # target shrinks; the last sparse layer's outputs are the model's (SRigL never
+            # ablates it)
+            ks = None if keep_scores is None else to_canonical(keep_scores, d)
+            new = self.structure.grow(to_canonical(scores, d), to_canonical(mask, d), count,
+                                      keep_scores=ks, ablate=name != self.names[-1])
+            return from_canonical(new, d)
         return from_canonical(self.structure.grow(to_canonical(scores, d), to_canonical(mask, d), count), d)
 
     # ---- the step contract ------------------------------------------------------
@@ -623,7 +672,8 @@ class SparseMethod(metaclass=_MethodMeta):
                 for n in self.names}
 
     def _select(self, kind: str, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
-                masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+                masks: Dict[str, torch.Tensor],
+                keep_scores: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         if self.is_global:
             sparse = self.updatable_names()
             fn = global_prune if kind == "prune" else global_grow
@@ -633,9 +683,15 @@ class SparseMethod(metaclass=_MethodMeta):
                 out = fn({n: full(scores[n]) for n in sparse}, {n: full(masks[n]) for n in sparse}, counts["*"])
             return {n: shard_like(out[n], self.params[n]) if n in out else masks[n].clone() for n in self.names}
         sparse = set(self.updatable_names())
-        fn = self.structure_prune if kind == "prune" else self.structure_grow
-        out = select_layers(lambda n, s, m: fn(n, s, m, counts[n]), [n for n in self.names if n in sparse],
-                            scores, masks, self.params)
+        if kind == "grow" and keep_scores is not None:
+            # fan-in neuron ablation also ranks kept weights: whole layers of them (gathered
+            # in the same order on every rank under FSDP2, before the layers are dealt out)
+            keep = {n: full(keep_scores[n]) for n in self.names if n in sparse}
+            fn = lambda n, s, m: self.structure_grow(n, s, m, counts[n], keep[n])  # noqa: E731
+        else:
+            select = self.structure_prune if kind == "prune" else self.structure_grow
+            fn = lambda n, s, m: select(n, s, m, counts[n])  # noqa: E731
+        out = select_layers(fn, [n for n in self.names if n in sparse], scores, masks, self.params)
         return {n: out[n] if n in sparse else masks[n].clone() for n in self.names}
 
     def prune(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
@@ -645,9 +701,12 @@ class SparseMethod(metaclass=_MethodMeta):
         return self._select("prune", scores, counts, masks if masks is not None else self.state.masks)
 
     def grow(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
-             masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Activate ``counts`` highest-scored inactive weights (as :meth:`prune`)."""
-        return self._select("grow", scores, counts, masks)
+             masks: Dict[str, torch.Tensor],
+             keep_scores: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Activate ``counts`` highest-scored inactive weights (as :meth:`prune`).
+        ``keep_scores`` (the prune's scores) rank kept weights where a structure drops some
+        of them at the grow (fan-in's neuron ablation); default: ``scores``."""
+        return self._select("grow", scores, counts, masks, keep_scores)
 
     def update_fraction(self, step: int) -> float:
         return update_fraction(self.config.fraction_schedule, step, self.config.alpha, self.t_end)
@@ -827,14 +886,22 @@ class DropGrowMethod(SparseMethod):
         if self.update_due(step):
             self._grow_scores = self.grow_scores(step)
 
+    def _keeps_by_drop(self) -> bool:
+        # only fan-in's neuron ablation removes kept weights at the grow; the drop scores rank them
+        return bool(getattr(self.structure, "ablation", False))
+
     def after_step(self, step: int) -> None:
         if self._grow_scores is None:
             return
         scores, self._grow_scores = self._grow_scores, None
         fraction = self.update_fraction(step)
         counts = self.drop_counts(fraction)
-        after_prune = self.prune(self.drop_scores(step), counts)
-        new = self.grow(scores, counts, after_prune)
+        drop = self.drop_scores(step)
+        after_prune = self.prune(drop, counts)
+        if self._keeps_by_drop():
+            new = self.grow(scores, counts, after_prune, keep_scores=drop)
+        else:   # the plain call: subclasses overriding grow(scores, counts, masks) keep working
+            new = self.grow(scores, counts, after_prune)
         record = self.commit(new, grow_init="zero", after_prune=after_prune)
         self.log({"step": step, "event": "update", "fraction": fraction, **record,
                   "density": self.state.density()})

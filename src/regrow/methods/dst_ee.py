@@ -99,13 +99,14 @@ class DSTEE(DropGrowMethod):
         return {n: acquisition_scores(exploit[n], self.counts[n], step, cfg.c, cfg.eps) for n in self.names}
 
     def grow(self, scores: Dict[str, torch.Tensor], counts: Dict[str, int],
-             masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        new = super().grow(scores, counts, masks)
+             masks: Dict[str, torch.Tensor],
+             keep_scores: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        new = super().grow(scores, counts, masks, keep_scores)
         exploit, self._exploit_scores = self._exploit_scores, None
         if exploit is not None:
             # what RigL would have grown from the same candidates: the difference is
             # what the bonus term chose
-            greedy = super().grow(exploit, counts, masks)
+            greedy = super().grow(exploit, counts, masks, keep_scores)
             grown = sum(int(torch.count_nonzero(new[n] & ~masks[n])) for n in self.names)
             explore = sum(int(torch.count_nonzero(new[n] & ~masks[n] & ~greedy[n])) for n in self.names)
             self._split = {"n_grown_exploit": grown - explore, "n_grown_explore": explore}
