@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import regrow
-from regrow.sharding import local, local_bytes
+from regrow.sharding import local_bytes
 from regrow.train import distributed as dist_utils
 from regrow.train.models import build_model
 

@@ -74,11 +74,6 @@ def shard_dict_like(d: Dict[str, torch.Tensor], refs: Dict[str, torch.Tensor]) -
     return {k: shard_like(v, refs[k]) if k in refs else v for k, v in d.items()}
 
 
-def zeros_like_param(p: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Zeros shaped (and, for a DTensor, sharded) like ``p``."""
-    return torch.zeros_like(p.detach(), dtype=dtype if dtype is not None else p.dtype)
-
-
 def count_local(mask: torch.Tensor) -> int:
     """True entries of this rank's shard of a bool mask (no communication)."""
     m = local(mask).detach()
