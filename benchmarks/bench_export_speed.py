@@ -15,12 +15,15 @@ the same size would run), and the exports; one thread, interleaved rounds, media
     PYTHONPATH=src python benchmarks/bench_export_speed.py                  # the full grid
     PYTHONPATH=src python benchmarks/bench_export_speed.py --models mlp --methods rigl \
         --densities 0.1 --distributions uniform --structures fanin        # one cell
+    PYTHONPATH=src python benchmarks/bench_export_speed.py --structures fanin --gamma-sal 1.0
+                                          # fan-in with heavy neuron ablation (exported: alive rows)
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import statistics
 import time
 import warnings
 
@@ -71,11 +74,14 @@ def batches(name: str, steps: int, seed: int):
             yield x, y
 
 
-def train(name: str, method: str, density: float, distribution: str, structure: str, steps: int, seed: int):
+def train(name: str, method: str, density: float, distribution: str, structure: str, steps: int, seed: int,
+          gamma_sal: float = 0.0):
     torch.manual_seed(seed)
     model = mlp() if name == "mlp" else block()
     opt = torch.optim.SGD(model.parameters(), lr=0.05 if name == "mlp" else 0.01, momentum=0.9)
     extra = {"H": 10, "J": 10, "Q": 10} if method == "iee" else {"update_interval": 30}
+    if structure == "fanin" and gamma_sal:   # else fan-in's default neuron ablation (γ_sal 0.3)
+        extra.update(neuron_ablation=True, gamma_sal=gamma_sal)
     sp = regrow.create(method, model, opt, density=density, distribution=distribution, structure=structure,
                        total_steps=steps, seed=seed, **extra)
     for x, y in batches(name, steps, seed):
@@ -98,33 +104,48 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gamma-sal", type=float, default=0.0,
+                    help="fan-in runs: neuron ablation at this γ_sal (0: the method's default)")
+    ap.add_argument("--runs", type=int, default=1, help="export and time each cell this many times: medians")
     ap.add_argument("--json", default=None, help="also write every row here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     split = lambda s: [v for v in s.split(",") if v]  # noqa: E731
     rows = []
-    print(f"1 thread; medians of {args.repeats} interleaved rounds; ×dense = dense ms / model ms (same run)")
-    print("| model | method | dist | structure | density | model | b1 ms | b1 ×dense | "
+    print(f"1 thread; medians of {args.repeats} interleaved rounds (and of {args.runs} runs); "
+          "×dense = dense ms / model ms (same run)")
+    print("| model | method | dist | structure | density | ablated neurons | model | b1 ms | b1 ×dense | "
           f"b{args.batch} ms | b{args.batch} ×dense |")
-    print("|---|---|---|---|---:|---|---:|---:|---:|---:|")
+    print("|---|---|---|---|---:|---:|---|---:|---:|---:|---:|")
     for name, method, dist, structure, d in itertools.product(
             split(args.models), split(args.methods), split(args.distributions), split(args.structures),
             [float(v) for v in split(args.densities)]):
         t0 = time.time()
-        model, masks, loss = train(name, method, d, dist, structure, args.steps, args.seed)
+        model, masks, loss = train(name, method, d, dist, structure, args.steps, args.seed, args.gamma_sal)
+        # fan-in's neuron ablation (on by default for methods that regrow) empties rows
+        ablated = sum(int((m.reshape(m.shape[0], -1).sum(1) == 0).sum()) for m in masks.values())
+        neurons = sum(m.shape[0] for m in masks.values())
         shape = (1, 28, 28) if name == "mlp" else (512,)
         formats = ("sparse", "fanin") if structure == "fanin" else ("sparse",)
-        res = bench(model, shape, formats=formats, batch_sizes=(1, args.batch), threads=1,
-                    repeats=args.repeats, masks=masks, extra={"slim (equal weights)": slim_equal(name, d)})
-        for r in res["rows"]:
-            if r["batch"] != 1:
-                continue
-            rb = next(q for q in res["rows"] if q["model"] == r["model"] and q["batch"] == args.batch)
-            print(f"| {name} | {method} | {dist} | {structure} | {d} | {r['model']} | {r['ms']:.3f} | "
-                  f"{r['speedup']:.2f} | {rb['ms']:.3f} | {rb['speedup']:.2f} |", flush=True)
+        # --runs > 1: export and time again (the kernel choice too), per-cell medians over runs
+        runs = [bench(model, shape, formats=formats, batch_sizes=(1, args.batch), threads=1,
+                      repeats=args.repeats, masks=masks, extra={"slim (equal weights)": slim_equal(name, d)})
+                for _ in range(args.runs)]
+
+        def med(variant: str, batch: int) -> dict:
+            got = [q for res in runs for q in res["rows"] if q["model"] == variant and q["batch"] == batch]
+            return {k: statistics.median(q[k] for q in got) for k in ("ms", "speedup")}
+
+        for variant in dict.fromkeys(q["model"] for q in runs[0]["rows"]):
+            r, rb = med(variant, 1), med(variant, args.batch)
+            print(f"| {name} | {method} | {dist} | {structure} | {d} | {ablated}/{neurons} | {variant} | "
+                  f"{r['ms']:.3f} | {r['speedup']:.2f} | {rb['ms']:.3f} | {rb['speedup']:.2f} |", flush=True)
             rows.append({"model": name, "method": method, "distribution": dist, "structure": structure,
-                         "density": d, "variant": r["model"], "b1_ms": r["ms"], "b1_speedup": r["speedup"],
+                         "density": d, "ablated_neurons": ablated, "neurons": neurons, "variant": variant,
+                         "b1_ms": r["ms"], "b1_speedup": r["speedup"],
                          "bN_ms": rb["ms"], "bN_speedup": rb["speedup"], "batch": args.batch,
+                         "runs": [{q["batch"]: q["speedup"] for q in res["rows"] if q["model"] == variant}
+                                  for res in runs],
                          "final_loss": loss, "seconds": time.time() - t0})
     if args.json:
         with open(args.json, "w") as f:

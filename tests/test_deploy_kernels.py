@@ -153,3 +153,33 @@ def test_fanin_with_ablated_neurons_matches_dense(rows):
     mask[5, :3] = True                         # 3 and 5: not what fan-in leaves
     with pytest.raises(ValueError, match="between 3 and 5 inputs per output neuron, not a constant k"):
         fanin_k(mask, "fc")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(out=st.integers(2, 24), inn=st.integers(2, 24), seed=st.integers(0, 2**16), data=st.data())
+def test_fanin_any_ablation_pattern_matches_dense_in_place(out, inn, seed, data):
+    # any set of ablated rows (first, last, all but one) and any q / q + 1 split of the
+    # rest: the [out, in] CSR with empty ablated rows puts every output in place
+    g = torch.Generator().manual_seed(seed)
+    alive = sorted(data.draw(st.sets(st.integers(0, out - 1), min_size=1, max_size=out)))
+    q = data.draw(st.integers(0, inn - 1))
+    mask = torch.zeros(out, inn, dtype=torch.bool)
+    for i in alive:
+        n = q + data.draw(st.integers(0 if q else 1, 1))
+        mask[i, torch.randperm(inn, generator=g)[:n]] = True
+    w, b = torch.randn(out, inn, generator=g) * mask, torch.randn(out, generator=g)
+    mod = SparseLinear.from_dense(w, b, "fanin", [(1, "mv")], mask=mask)
+    assert (mod.rows is None) == (len(alive) == out)
+    dead = [i for i in range(out) if i not in alive]
+    for rows in (1, 5):
+        x = torch.randn(rows, inn, generator=g)
+        for kn in ("mv", "spmm", "ebag", "dense"):
+            y = mod.matmul(x, kn)
+            torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+            assert torch.equal(y[:, dead], b[dead].expand(rows, len(dead)))
+        # ebag's [out, rows] result is the next ebag layer's contiguous table
+        assert mod.matmul(x, "ebag").t().is_contiguous()

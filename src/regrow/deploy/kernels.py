@@ -16,7 +16,10 @@ computes ``y = x Wᵀ + b`` on the 2-D view ``x2 [rows, in]`` of its input with 
   shape ``[out, k]``; ``mv`` on the equal-length CSR they define, or ``ebag`` with no
   offsets at all (every bag holds k). Neurons removed by SRigL's neuron ablation (rows
   with no weight: their output is the bias) are not stored: ``rows`` lists the ``alive``
-  stored ones and the kernels compute only those;
+  stored ones, and the kernels run the ``[out, in]`` CSR whose ablated rows are empty
+  (``ebag`` with those row pointers as offsets: an empty bag sums to 0), so the outputs
+  land in place with no scatter (which cost 7–20% per layer:
+  ``benchmarks/bench_fanin_ablated_export.py``);
 * ``nm`` — 2:4 semi-structured on CUDA (``torch.sparse.to_sparse_semi_structured``),
   stored portably as the N kept values and their positions in each block of M.
 
@@ -248,11 +251,15 @@ class SparseLinear(nn.Module):
             return (torch.sparse_csr_tensor(self.crow, self.col, self.values, shape),)
         if self.kind == "bsr":
             return (torch.sparse_bsr_tensor(self.crow, self.col, self.values, shape),)
-        if self.kind == "fanin":   # the equal-length CSR the condensed layout defines (stored rows)
+        if self.kind == "fanin":   # the CSR the condensed layout defines, sharing its storage
             stored, k = self.col.shape
-            crow = torch.arange(0, stored * k + 1, k, dtype=torch.int32, device=self.col.device)
-            return (torch.sparse_csr_tensor(crow, self.col.reshape(-1), self.values.reshape(-1),
-                                            (stored, self.in_features)),)
+            dev = self.col.device
+            if self.rows is None:   # equal rows of k
+                crow = torch.arange(0, stored * k + 1, k, dtype=torch.int32, device=dev)
+            else:   # k per alive row, 0 per ablated one: y comes out [out] with no scatter
+                per_row = torch.zeros(self.out_features, dtype=torch.int32, device=dev).index_fill_(0, self.rows, k)
+                crow = F.pad(torch.cumsum(per_row, 0, dtype=torch.int32), (1, 0))
+            return (torch.sparse_csr_tensor(crow, self.col.reshape(-1), self.values.reshape(-1), shape), crow)
         return (semi_structured(self.dense_weight()),)
 
     def matmul(self, x2: torch.Tensor, kernel: Optional[str] = None) -> torch.Tensor:
@@ -274,18 +281,18 @@ class SparseLinear(nn.Module):
             # the table must be contiguous (3x slower otherwise); after an ebag layer it
             # already is: that layer returned the transpose of a contiguous [out, rows]
             table = x2.t().contiguous()
-            if self.kind == "fanin":   # 2-D input: every bag holds k
+            if self.kind == "fanin" and self.rows is None:   # 2-D input: every bag holds k
                 y = F.embedding_bag(self.col, table, per_sample_weights=self.values, mode="sum").t()
+            elif self.kind == "fanin":   # ablated rows: empty bags (0) between the alive ones
+                self._sparse()
+                y = F.embedding_bag(self.col.reshape(-1), table, self._cache[1],
+                                    per_sample_weights=self.values.reshape(-1), mode="sum",
+                                    include_last_offset=True).t()
             else:
                 y = F.embedding_bag(self.col, table, self.crow, per_sample_weights=self.values,
                                     mode="sum", include_last_offset=True).t()
         else:  # spmm, and mv asked of several rows
             y = torch.sparse.mm(self._sparse(), x2.t()).t()
-        if self.kind == "fanin" and self.rows is not None:   # ablated neurons output 0 (+ bias)
-            # scattered in the [out, rows] layout the kernels produce (y is its transpose):
-            # contiguous rows to copy, and the next ebag layer's table stays contiguous
-            yt = y.t()
-            y = yt.new_zeros(self.out_features, rows).index_copy_(0, self.rows, yt).t()
         return y if self.bias is None else y + self.bias
 
     def _nm(self, x2: torch.Tensor) -> torch.Tensor:
