@@ -15,9 +15,10 @@ number of cycles at long budgets, floored at 10 iterations per stage at short on
 (explored weights need iterations to prove themselves; RESULTS.md, "Why IEE falls
 short"). RigL and SET use ΔT = 3·H, so every dynamic method updates equally often.
 
-Recipe (the quality grid's): cnn1d on mnist1d, SGD momentum 0.9, lr 0.1 cosine,
-wd 5e-4, batch 128, ERK, α = 0.3, T_end = 0.75·T, one torch thread, test set evaluated
-at the end only.
+Recipe (the quality grid's, RESULTS.md "1. Quality grid"): cnn1d on mnist1d, lr 0.1, or
+(``--data fashion-mnist``) lenet5 on fashion-mnist (60k/10k, 468 steps per epoch), lr 0.05;
+both SGD momentum 0.9, cosine, wd 5e-4, batch 128, ERK, α = 0.3, T_end = 0.75·T, one torch
+thread, test set evaluated at the end only. ``--model`` / ``--lr`` override the task's.
 
 Budget-aware IEE is the group ``iee-lrclock-0.5x``: ``budget_aware=True`` (=
 ``lr_clock=trained``) with short stages, H = J = Q = ⌊k/2⌋. Results and the exact commands:
@@ -26,6 +27,8 @@ benchmarks/RESULTS.md, "IEE at the budgets users actually run".
     python benchmarks/bench_iee_budget.py --out runs/budget --epochs 10,20,40,80,160 \\
         --groups rigl,iee,iee-lrclock-0.5x,set,dense --densities 0.1,0.05 --seeds 0,1,2
     python benchmarks/bench_iee_budget.py --out runs/budget --report-only --per-seed
+    python benchmarks/bench_iee_budget.py --out runs/budget-fm --data fashion-mnist --epochs 3,8,20 \\
+        --groups rigl,iee,iee-lrclock-0.5x --densities 0.1 --seeds 0,1,2
 """
 from __future__ import annotations
 
@@ -37,7 +40,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-STEPS_PER_EPOCH = {"mnist1d": 31}   # 4000 samples, batch 128, last partial batch dropped
+STEPS_PER_EPOCH = {"mnist1d": 31,          # 4000 samples, batch 128, last partial batch dropped
+                   "fashion-mnist": 468}   # 60000 samples, batch 128, last partial batch dropped
+# each task's quality-grid recipe (RESULTS.md, "1. Quality grid"): model and learning rate
+RECIPE = {"mnist1d": {"model": "cnn1d", "lr": 0.1}, "fashion-mnist": {"model": "lenet5", "lr": 0.05}}
 BUDGET = "iee-lrclock-0.5x"   # budget-aware IEE: budget_aware=True (lr_clock=trained) with short stages
 BASELINES = ("dense", "set", "rigl", "rigl-0.5x")   # rigl-0.5x: ΔT = 3·(k // 2), as iee-*-0.5x
 # IEE variants: group name -> extra --opt switches given H = J = Q = k (``iee`` is the
@@ -59,7 +65,8 @@ def hjq(epochs: int, data: str) -> int:
     return max(10, round(STEPS_PER_EPOCH[data] * epochs / 186))
 
 
-def run(out: Path, epochs: int, group: str, densities: str, seeds: str, data: str, extra: List[str]) -> None:
+def run(out: Path, epochs: int, group: str, densities: str, seeds: str, data: str, model: str, lr: float,
+        extra: List[str]) -> None:
     k = hjq(epochs, data)
     dt = 3 * k
     if group in BASELINES:
@@ -70,8 +77,8 @@ def run(out: Path, epochs: int, group: str, densities: str, seeds: str, data: st
         methods = "iee"
         opts = [f"H={k}", f"J={k}", f"Q={k}", *VARIANTS[group](k)]
     cmd = [sys.executable, "-m", "regrow", "compare", "--methods", methods, "--densities", densities,
-           "--seeds", seeds, "--distribution", "erk", "--model", "cnn1d", "--data", data,
-           "--epochs", str(epochs), "--batch-size", "128", "--optimizer", "sgd", "--lr", "0.1",
+           "--seeds", seeds, "--distribution", "erk", "--model", model, "--data", data,
+           "--epochs", str(epochs), "--batch-size", "128", "--optimizer", "sgd", "--lr", f"{lr:g}",
            "--momentum", "0.9", "--weight-decay", "5e-4", "--schedule", "cosine", "--device", "cpu",
            "--quiet", "--threads", "1", "--eval-every", "100000", "--log-every", "100000", "--deterministic",
            "--out", str(out / f"e{epochs}" / group), *extra]
@@ -107,7 +114,8 @@ def fmt(x: Optional[float], spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, budgets_shown=None) -> None:
+def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, budgets_shown=None,
+           data: str = "mnist1d", model: str = "cnn1d") -> None:
     budgets = sorted(int(p.name[1:]) for p in out.glob("e*") if p.name[1:].isdigit())
     rows: Dict[tuple, List[dict]] = {}   # (epochs, group, density) -> summaries
     for e in budgets:
@@ -126,7 +134,7 @@ def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, 
         return rows.get((e, n, 1.0 if n == "dense" else dens), [])
 
     for dens in densities:
-        print(f"\n### cnn1d on mnist1d, density {dens:g} ERK: test top-1 (%), mean ± std over seeds "
+        print(f"\n### {model} on {data}, density {dens:g} ERK: test top-1 (%), mean ± std over seeds "
               f"(n = seeds where not 3)\n")
         print("| epochs (steps) | k | " + " | ".join(names)
               + f" | iee − rigl | {BUDGET} − best rigl | {BUDGET} − iee |")
@@ -149,7 +157,7 @@ def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, 
             diffs = [f"{acc['iee'] - acc['rigl']:+.2f}" if "iee" in acc and "rigl" in acc else "—",
                      f"{acc[BUDGET] - best_rigl:+.2f}" if BUDGET in acc and best_rigl is not None else "—",
                      f"{acc[BUDGET] - acc['iee']:+.2f}" if BUDGET in acc and "iee" in acc else "—"]
-            print(f"| {e} ({e * STEPS_PER_EPOCH['mnist1d']}) | {hjq(e, 'mnist1d')} | " + " | ".join(cols)
+            print(f"| {e} ({e * STEPS_PER_EPOCH[data]}) | {hjq(e, data)} | " + " | ".join(cols)
                   + " | " + " | ".join(diffs) + " |")
         print(f"\nSame cells, density {dens:g}: final-epoch training loss / mean survival rate (over "
               f"updates and seeds) / physical training FLOPs (× dense, train_flops_physical_relative)\n")
@@ -178,11 +186,17 @@ def main() -> None:
     ap.add_argument("--densities", default="0.1,0.05")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--data", default="mnist1d", choices=sorted(STEPS_PER_EPOCH))
+    ap.add_argument("--model", default=None, help="default: the task's grid model (cnn1d, lenet5)")
+    ap.add_argument("--lr", type=float, default=None, help="default: the task's grid lr (0.1, 0.05)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--per-seed", action="store_true", help="print every seed's top-1 in the table")
     ap.add_argument("--show", default="", help="report only these groups (comma-separated), in this order")
     args, extra = ap.parse_known_args()
     out = Path(args.out)
+    model = args.model or RECIPE[args.data]["model"]
+    lr = RECIPE[args.data]["lr"] if args.lr is None else args.lr
+    if not lr > 0:
+        raise SystemExit(f"--lr must be > 0, got {lr}")
     groups = [g for g in args.groups.split(",") if g]
     for g in groups:
         if g not in BASELINES and g not in VARIANTS:
@@ -190,9 +204,9 @@ def main() -> None:
     if not args.report_only:
         for e in (int(x) for x in args.epochs.split(",")):
             for g in groups:
-                run(out, e, g, args.densities, args.seeds, args.data, extra)
+                run(out, e, g, args.densities, args.seeds, args.data, model, lr, extra)
     shown_budgets = [int(x) for x in args.epochs.split(",")] if args.report_only else None
-    report(out, args.per_seed, [g for g in args.show.split(",") if g], shown_budgets)
+    report(out, args.per_seed, [g for g in args.show.split(",") if g], shown_budgets, args.data, model)
 
 
 if __name__ == "__main__":

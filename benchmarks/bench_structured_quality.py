@@ -55,7 +55,7 @@ def ms(xs: List[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{scale * statistics.mean(xs):.{digits}f} ± {scale * sd:.{digits}f}"
 
 
-def train_flops(run: Path, s: Dict) -> float:
+def train_flops(run: Path, s: Dict, key: str = "train_flops_relative") -> float:
     """``train_flops_relative`` with the steps after in-training slimming recounted at the
     slim model's true MACs. The ledger (src/regrow/cost.py) counts a layer missing from the
     method's masks at its full dense FLOPs; after slimming, a group left with a single
@@ -63,8 +63,10 @@ def train_flops(run: Path, s: Dict) -> float:
     drop out of the masks and are counted dense. After the slim the structure is fixed and
     every step costs 3·ζ_P, so the excess is (steps after the slim / steps) × (ζ_ledger −
     ζ_true) / ζ_D, with ζ_ledger = the summary's ``inference_flops`` and ζ_true its MACs.
-    Zero when nothing was slimmed or the ledger already agrees."""
-    rel = s["train_flops_relative"]
+    Zero when nothing was slimmed or the ledger already agrees. ``key`` picks the paper's
+    accounting (``train_flops_relative``) or the physical one (``train_flops_physical_relative``;
+    both count 3·ζ_P per step after the slim, so the same correction applies)."""
+    rel = s[key]
     st = s.get("structured", {})
     if not st.get("slimmed_in_training") or "macs" not in st or not s.get("dense_inference_flops"):
         return rel
@@ -99,7 +101,8 @@ def main() -> None:
     ap.add_argument("--halp-prune-interval", type=int, default=30)
     ap.add_argument("--hjq", type=int, default=25, help="channel IEE's H = J = Q")
     ap.add_argument("--iee-end-fraction", type=float, default=None,
-                    help="IEE's T_end / T (--opt end_fraction); default: the method's (0.75)")
+                    help="IEE's T_end / T (--opt end_fraction); default: none passed, so channel IEE's "
+                         "own default, the paper's 5/130")
     ap.add_argument("--slim", action="store_true",
                     help="--slim-after-updates for the HALP and IEE runs (not dense)")
     ap.add_argument("--iee-pretrained", action="store_true",
@@ -145,23 +148,27 @@ def main() -> None:
                           "--pretrained", str(dense / "checkpoint.pt"), "--opt", "init=criterion",
                           "--epochs", str(args.finetune_epochs), "--opt", f"H={args.hjq}",
                           "--opt", f"J={args.hjq}", "--opt", f"Q={args.hjq}", *iee_end)
-    end = 0.75 if args.iee_end_fraction is None else args.iee_end_fraction
+    # channel IEE's own default end_fraction is the paper's 5/130 (methods/iee_channel.py)
+    end = "5/130 (default)" if args.iee_end_fraction is None else f"{args.iee_end_fraction:g}"
     print(f"\n### {args.model} on {args.data}: channel IEE from scratch ({iee_epochs} epochs, H = J = Q = "
-          f"{args.hjq}, T_end = {end:g}·T) vs HALP ({args.dense_epochs} dense + {args.finetune_epochs} epochs pruning "
+          f"{args.hjq}, T_end = {end}·T) vs HALP ({args.dense_epochs} dense + {args.finetune_epochs} epochs pruning "
           f"{args.halp_prune_steps} × {args.halp_prune_interval} steps and fine-tuning), cost {args.cost}, "
           f"{'slimmed after the last structure update' if args.slim else 'not slimmed during training'}\n")
     print("| method | target | seeds | test top-1 (%) | predicted cost (× dense) | MACs (× dense) "
           "| measured latency ms (dense → slim, batch 1) | speedup | train FLOPs (ledger) "
           "| train FLOPs (slim-corrected) "
           f"| train FLOPs (× dense training of {args.dense_epochs + args.finetune_epochs} epochs) "
+          f"| physical train FLOPs (× dense training of {args.dense_epochs + args.finetune_epochs} epochs) "
           "| train s / epoch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     dense_runs = [summary(out / f"dense-s{s}") for s in seeds if (out / f"dense-s{s}" / "summary.json").exists()]
     if dense_runs:
         print(f"| dense ({args.dense_epochs} ep) | 1 | {len(dense_runs)} | "
-              f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | 1.000 | — | "
+              f"{ms([r['test_top1'] for r in dense_runs], 100)} | 1 | 1 | — | — | 1.000 | 1.000 | — | — | "
               f"{ms(epoch_seconds(dense_runs), 1, 0)} |")
+    diffs = []   # (target, method, Δ top-1, Δ paper FLOPs, Δ physical FLOPs) against HALP
     for t in targets:
+        base = None
         for m in ("halp", "iee", "iee-pt"):
             dirs = [out / f"{m}-t{t:g}-s{s}" for s in seeds if (out / f"{m}-t{t:g}-s{s}" / "summary.json").exists()]
             runs = [summary(d) for d in dirs]
@@ -177,9 +184,22 @@ def main() -> None:
             own = statistics.mean(train_flops(d, r) for d, r in zip(dirs, runs))
             run_epochs = iee_epochs if m == "iee" else args.finetune_epochs  # HALP, IEE from dense
             same = own * run_epochs / (args.dense_epochs + args.finetune_epochs)
+            phys = statistics.mean(train_flops(d, r, "train_flops_physical_relative") for d, r in zip(dirs, runs))
+            phys_same = phys * run_epochs / (args.dense_epochs + args.finetune_epochs)
+            top = statistics.mean(r["test_top1"] for r in runs)
+            if m == "halp":
+                base = (top, same, phys_same)
+            elif base is not None:
+                diffs.append((t, m, 100 * (top - base[0]), same, base[1], phys_same, base[2]))
             print(f"| {m} | {t:g} | {len(runs)} | {ms([r['test_top1'] for r in runs], 100)} | "
                   f"{ms(pred, 1, 3)} | {ms(macs, 1, 3)} | {ms(lat_d)} → {ms(lat)} | {ms(sp)} | {ledger:.3f} | {own:.3f} | "
-                  f"{same:.3f} | {ms(epoch_seconds(runs), 1, 0)} |")
+                  f"{same:.3f} | {phys_same:.3f} | {ms(epoch_seconds(runs), 1, 0)} |")
+    if diffs:
+        print("\n| target | method | top-1 − HALP (points) | train FLOPs / HALP's, paper | physical |")
+        print("|---|---|---|---|---|")
+        for t, m, d, own_p, halp_p, own_ph, halp_ph in diffs:
+            print(f"| {t:g} | {m} | {d:+.2f} | {own_p:.3f} / {halp_p:.3f} = {own_p / halp_p:.2f}× "
+                  f"| {own_ph:.3f} / {halp_ph:.3f} = {own_ph / halp_ph:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -667,16 +667,16 @@ def test_budget_stage_length_reproduces_the_measured_configuration():
     assert budget_stage_length(468 * 40) == 50 and budget_stage_length(None) == 5
 
 
-def test_budget_aware_scales_unset_stages_with_the_run_and_keeps_given_ones():
+def test_budget_aware_leaves_the_stages_as_given():
     def build(**cfg):
         model = MLP()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         return regrow.create("iee", model, opt, density=0.3, **cfg).config
     paper = build(total_steps=4000)
     assert (paper.H, paper.J, paper.Q, paper.update_interval) == (100, 100, 100, 300)
-    auto = build(total_steps=4960, budget_aware=True)
-    assert (auto.H, auto.J, auto.Q, auto.update_interval, auto.lr_clock) == (13, 13, 13, 39, "trained")
-    mixed = build(total_steps=4960, budget_aware=True, Q=4)
-    assert (mixed.H, mixed.J, mixed.Q) == (13, 13, 4)
-    # the stage length follows total_steps, so a longer run has longer stages
-    assert build(total_steps=4960 * 4, budget_aware=True).H == 53
+    aware = build(total_steps=4000, budget_aware=True)
+    assert (aware.H, aware.J, aware.Q, aware.lr_clock) == (100, 100, 100, "trained")
+    from regrow.methods.iee import budget_stage_length
+    k = budget_stage_length(4960)
+    short = build(total_steps=4960, budget_aware=True, H=k, J=k, Q=k)
+    assert (short.H, short.J, short.Q, short.update_interval) == (13, 13, 13, 39)

@@ -80,25 +80,27 @@ SNAP_PARAM = SNAP + "param"
 SNAP_OPT = SNAP + "opt."
 
 STAGES = ("estimate", "improve", "explore", "train")
-# what ``budget_aware=True`` sets (issue 15), besides the stage length
+# what ``budget_aware=True`` sets (issue 15)
 BUDGET_AWARE = {"lr_clock": "trained"}
-PAPER_STAGE = 100   # H = J = Q on CIFAR-10 (IEE appendix §5.3)
-# budget-aware stage length: H = J = Q = max(MIN_STAGE, round(T / STEPS_PER_STAGE) // 2)
+# the short-budget stage length of budget_stage_length: H = J = Q = max(MIN_STAGE, round(T / STEPS_PER_STAGE) // 2)
 STEPS_PER_STAGE = 186
 MIN_STAGE = 5
 
 
 def budget_stage_length(total_steps: Optional[int]) -> int:
-    """H = J = Q of budget-aware IEE for a run of ``total_steps`` optimizer steps:
-    max(5, ⌊round(T / 186) / 2⌋), i.e. ΔT ≈ T / 124 (about 93 IEE steps before
-    T_end = 0.75·T) and never stages shorter than 5 iterations.
+    """A short-budget H = J = Q for a run of ``total_steps`` optimizer steps (pass it as
+    ``H=J=Q=budget_stage_length(T)``): max(5, ⌊round(T / 186) / 2⌋), i.e. ΔT ≈ T / 124
+    (about 93 IEE steps before T_end = 0.75·T) and never stages shorter than 5 iterations.
 
     Not in the paper (its H = J = Q = 100/150 give 244/834 IEE steps in runs of
     98k/500k iterations). It is the configuration measured best on MNIST-1D/cnn1d from
     10 to 160 epochs (benchmarks/RESULTS.md, issue 15: half the stage of the sweep's
     k = max(10, round(T/186)), with the trained LR clock): 5, 5, 5, 6, 13 iterations at
     10, 20, 40, 80, 160 epochs of 31 steps. Longer stages lost most at short budgets,
-    where few IEE steps fit. Without ``total_steps`` it is the floor, 5."""
+    where few IEE steps fit. On Fashion-MNIST/LeNet-5 (density 0.1) the same rule gained
+    nothing over the paper's stages at 8 epochs and diverged on one seed of three at 3
+    epochs (H = J = Q = 5, lr 0.05), so it is not a default. Without ``total_steps`` it is
+    the floor, 5."""
     if total_steps is None:
         return MIN_STAGE
     return max(MIN_STAGE, round(int(total_steps) / STEPS_PER_STAGE) // 2)
@@ -183,10 +185,9 @@ class IEEConfig(DynamicConfig):
     """IEE's options (paper defaults: H = J = Q = 100 on CIFAR-10, 150 on ImageNet).
 
     H, J, Q: iterations of Importance Estimation, Accuracy Improvement, Reactivate &
-        Explore; ΔT = H + J + Q. ``None`` (default): the paper's 100, or with
-        ``budget_aware=True`` the run-scaled stage length of :func:`budget_stage_length`.
-        ``update_interval`` is always derived from them (a value passed in is replaced
-        by H + J + Q: set H, J, Q to change ΔT).
+        Explore; ΔT = H + J + Q. ``update_interval`` is always derived from them (a value
+        passed in is replaced by H + J + Q: set H, J, Q to change ΔT). For short runs see
+        :func:`budget_stage_length`.
     alpha: Ω_0, the initial update fraction, decayed by ``fraction_schedule`` until T_end.
     criterion: any registered criterion, used for both prune and grow; gradient-based
         ones (gradient, taylor) are summed over the stage's iterations.
@@ -208,17 +209,18 @@ class IEEConfig(DynamicConfig):
         frozen Reactivate & Explore steps no longer burn its high-LR phase. Used through
         :meth:`IEE.lr_step`, which regrow's training loop calls; a loop of your own
         evaluates its schedule at ``method.lr_step(step)``.
-    budget_aware: the preset of the options that measured better at short budgets
+    budget_aware: the preset of what measured better at short budgets without risk
         (benchmarks/RESULTS.md, issue 15): ``True`` sets ``lr_clock="trained"``, whatever
-        ``lr_clock`` says, and gives each of H, J, Q left unset the run-scaled stage
-        length of :func:`budget_stage_length` (short stages, many IEE steps). ``False``
-        (default) leaves every option as given, with the paper's H = J = Q = 100.
+        ``lr_clock`` says. ``False`` (default) leaves every option as given. It does not
+        choose H, J, Q: short stages (:func:`budget_stage_length`) were the larger gain on
+        MNIST-1D (+2 to +8 points up to 40 epochs) but gave nothing on Fashion-MNIST/LeNet-5
+        and diverged there on one seed of three at 3 epochs, so they stay an explicit choice.
     """
 
     update_interval: Optional[int] = None
-    H: Optional[int] = None
-    J: Optional[int] = None
-    Q: Optional[int] = None
+    H: int = 100
+    J: int = 100
+    Q: int = 100
     criterion: str = "magnitude"
     freeze: bool = True
     grow_init: str = "dormant"
@@ -253,9 +255,6 @@ class IEECycle(SparseMethod):
         cfg = self.config
         if not isinstance(cfg.budget_aware, bool):
             raise ValueError(f"budget_aware must be true or false, got {cfg.budget_aware!r}")
-        # unset stages: the paper's length, or the run-scaled one of the budget-aware preset
-        stage = budget_stage_length(cfg.total_steps) if cfg.budget_aware else PAPER_STAGE
-        cfg = dataclasses.replace(cfg, **{f: stage for f in ("H", "J", "Q") if getattr(cfg, f) is None})
         for field, low in (("H", 1), ("J", 0), ("Q", 1)):
             v = getattr(cfg, field)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
