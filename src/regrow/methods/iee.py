@@ -52,6 +52,7 @@ during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import dataclasses
@@ -308,28 +309,28 @@ class IEECycle(SparseMethod):
     def init_cycle_state(self) -> None:
         """Extra state the unit keeps for the cycle (called once, after the masks exist)."""
 
+    @abc.abstractmethod
     def accumulate_scores(self) -> None:
         """Add this iteration's importance (the gradient is still dense)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def select_prune(self, fraction: float) -> Any:
         """Choose the reduced Θ_K for update fraction α_t and install it (pruned values
         become dormant); return Ω_t (what :meth:`select_grow` gets back), and put the
         record fields of the choice in ``self._choice``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def grow_scores(self) -> Dict[str, torch.Tensor]:
         """I(Θ_P), read at the end of Reactivate & Explore."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def select_grow(self, scores: Dict[str, torch.Tensor], omega: Any, kept: Dict[str, torch.Tensor]) -> Any:
         """Choose what grows back (Ω_t of the explored units, by ``scores``) on top of
         ``kept``, Θ_K's masks; record fields in ``self._choice``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def install_grown(self, selection: Any) -> None:
         """Install the masks of Θ_K + the grown units (grown values by ``grow_init``)."""
-        raise NotImplementedError
 
     def update_record(self) -> Dict[str, Any]:
         """The state figures logged with each prune and grow."""
