@@ -45,6 +45,7 @@ STEPS_PER_EPOCH = {"mnist1d": 31,          # 4000 samples, batch 128, last parti
 # each task's quality-grid recipe (RESULTS.md, "1. Quality grid"): model and learning rate
 RECIPE = {"mnist1d": {"model": "cnn1d", "lr": 0.1}, "fashion-mnist": {"model": "lenet5", "lr": 0.05}}
 BUDGET = "iee-lrclock-0.5x"   # budget-aware IEE: budget_aware=True (lr_clock=trained) with short stages
+EXPLORE_LR = 0.1             # the explore_lr measured (≈ the density 0.1: Θ_P is ~9× Θ_K there)
 BASELINES = ("dense", "set", "rigl", "rigl-0.5x")   # rigl-0.5x: ΔT = 3·(k // 2), as iee-*-0.5x
 # IEE variants: group name -> extra --opt switches given H = J = Q = k (``iee`` is the
 # paper's method; each other one changes one thing, except the preset)
@@ -58,6 +59,10 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
     "iee-period-0.25x": lambda k: [f"H={max(2, k // 4)}", f"J={max(2, k // 4)}", f"Q={max(2, k // 4)}"],
     "iee-lrclock-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained"],
+    "iee-explore-lr": lambda k: [f"explore_lr={EXPLORE_LR}"],   # Θ_P explores at 0.1 × the step's LR
+    "iee-period-0.5x-elr": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", f"explore_lr={EXPLORE_LR}"],
+    "iee-lrclock-0.5x-elr": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained",
+                                       f"explore_lr={EXPLORE_LR}"],
 }
 
 

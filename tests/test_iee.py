@@ -680,3 +680,59 @@ def test_budget_aware_leaves_the_stages_as_given():
     k = budget_stage_length(4960)
     short = build(total_steps=4960, budget_aware=True, H=k, J=k, Q=k)
     assert (short.H, short.J, short.Q, short.update_interval) == (13, 13, 13, 39)
+
+
+# ---- explore_lr: Θ_P's LR during Reactivate & Explore (issue 15) -----------------------
+def test_explore_lr_scales_exactly_the_explore_steps_and_restores_the_lr():
+    model, opt, m = make(explore_lr=0.25)
+    inside, after = [], []
+    # registered after the method's hooks, so they run after them: the LR the update uses,
+    # and the LR left for the scheduler
+    opt.register_step_pre_hook(lambda o, a, k: inside.append(o.param_groups[0]["lr"]))
+    opt.register_step_post_hook(lambda o, a, k: after.append(o.param_groups[0]["lr"]))
+    stages = []
+    for s in range(1, 41):
+        stages.append(m.stage(s))
+        train(model, opt, m, 1, start=s)
+    assert "explore" in stages and "estimate" in stages and "improve" in stages
+    assert inside == [0.1 * 0.25 if st == "explore" else 0.1 for st in stages]
+    assert after == [0.1] * 40                      # exactly the value the scheduler set
+    assert opt.state_dict()["param_groups"][0]["lr"] == 0.1
+
+
+def test_explore_lr_makes_the_first_explore_update_that_multiple():
+    """SGD with momentum and weight decay: Θ_P's momentum is zeroed at Reactivate, so its
+    first explore update is −lr·(g + wd·w), linear in the LR."""
+    deltas = []
+    for scale in (1.0, 0.25):
+        model, opt, m = make(explore_lr=scale)
+        s = 1
+        while m.phase != "explore":
+            train(model, opt, m, 1, start=s)
+            s += 1
+        before = {n: p.detach().clone() for n, p in m.params.items()}
+        train(model, opt, m, 1, start=s)
+        deltas.append({n: (p.detach() - before[n])[~m.state.masks[n]] for n, p in m.params.items()})
+    for n in deltas[0]:
+        assert deltas[0][n].abs().sum() > 0
+        torch.testing.assert_close(deltas[1][n], 0.25 * deltas[0][n], rtol=1e-5, atol=1e-7)
+
+
+def test_explore_lr_one_is_the_paper():
+    runs = []
+    for cfg in ({}, {"explore_lr": 1.0}):
+        model, opt, m = make(**cfg)
+        train(model, opt, m, 40)
+        runs.append([t.clone() for t in model.state_dict().values()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, float("nan"), float("inf"), True, "0.1"])
+def test_explore_lr_is_validated(bad):
+    with pytest.raises(ValueError, match="explore_lr"):
+        make(explore_lr=bad)
+
+
+def test_explore_lr_needs_the_freeze():
+    with pytest.raises(ValueError, match="explore_lr.*freeze"):
+        make(explore_lr=0.1, freeze=False)

@@ -272,6 +272,7 @@ class SparseMethod(metaclass=_MethodMeta):
         self._grads_masked = False
         self._staged: Dict[str, Dict[str, torch.Tensor]] = {}
         self._pristine: Optional[Pristine] = None
+        self._unscaled_lrs: Optional[List[Any]] = None   # the groups' LRs while one step runs scaled
         check_shardable(self.name, self.structures, self.model)
         self._sharding_checked = False
 
@@ -495,6 +496,14 @@ class SparseMethod(metaclass=_MethodMeta):
             params, masks = self._step_operands()
             mask_parameters_(params, masks, nonfinite=True)
 
+    def step_lr_scale(self) -> float:
+        """A factor on every parameter group's learning rate for the coming optimizer step
+        only (1.0: none). The pre-step hook multiplies the LRs by it and the post-step hook
+        puts the exact values back, so schedulers, checkpoints and logs never see the
+        scaled value. IEE's ``explore_lr`` uses it for Reactivate & Explore, where every
+        other parameter is frozen."""
+        return 1.0
+
     def stage_scores(self, buffer: str, values: Dict[str, torch.Tensor]) -> None:
         """Add ``values`` to ``state.buffers[buffer]`` once the optimizer takes the step
         (scores read from a gradient the GradScaler then rejects must not count)."""
@@ -504,6 +513,11 @@ class SparseMethod(metaclass=_MethodMeta):
 
     def _pre_step_hook(self, optimizer, args, kwargs):
         # args[0] is the optimizer itself (torch passes the bound call's arguments)
+        scale = self.step_lr_scale()
+        if scale != 1.0:
+            self._unscaled_lrs = [g["lr"] for g in optimizer.param_groups]
+            for g in optimizer.param_groups:
+                g["lr"] = g["lr"] * scale
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
             self.mask_gradients()
@@ -519,6 +533,10 @@ class SparseMethod(metaclass=_MethodMeta):
         return (args[0], masked_closure, *args[2:]), kwargs
 
     def _post_step_hook(self, optimizer, args, kwargs) -> None:
+        if self._unscaled_lrs is not None:
+            for g, lr in zip(optimizer.param_groups, self._unscaled_lrs):
+                g["lr"] = lr
+            self._unscaled_lrs = None
         self._finish_step()
 
     def _finish_step(self) -> None:

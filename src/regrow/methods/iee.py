@@ -56,6 +56,7 @@ import abc
 import contextlib
 import copy
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -210,6 +211,15 @@ class IEEConfig(DynamicConfig):
         frozen Reactivate & Explore steps no longer burn its high-LR phase. Used through
         :meth:`IEE.lr_step`, which regrow's training loop calls; a loop of your own
         evaluates its schedule at ``method.lr_step(step)``.
+    explore_lr: Θ_P's learning rate during Reactivate & Explore as a multiple of the
+        step's LR (1.0: the paper). Θ_P is every inactive weight, (1 − d)/d times as many as
+        Θ_K at density d, and all of it starts training at once: a unit's pre-activation
+        moves by Σ_j x_j·Δw_j over its trained inputs, so one step at the sparse model's LR
+        moves the function up to about 1/d times as far as a step of sparse training
+        (on Fashion-MNIST/LeNet-5 at d = 0.1 and lr 0.05 a short-stage run blew up there,
+        benchmarks/RESULTS.md, issue 15). Scaling by about d keeps the step comparable.
+        Applied by the method from the optimizer's step hooks (:meth:`step_lr_scale`), so
+        it acts in any training loop; needs ``freeze`` (otherwise Θ_K shares the step).
     budget_aware: the preset of what measured better at short budgets without risk
         (benchmarks/RESULTS.md, issue 15): ``True`` sets ``lr_clock="trained"``, whatever
         ``lr_clock`` says. ``False`` (default) leaves every option as given. It does not
@@ -229,6 +239,7 @@ class IEEConfig(DynamicConfig):
     init: str = "random"
     unused_init: str = "zero"
     lr_clock: str = "step"
+    explore_lr: float = 1.0
     budget_aware: bool = False
 
 
@@ -274,6 +285,12 @@ class IEECycle(SparseMethod):
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(cfg, field)!r}")
         if not isinstance(cfg.freeze, bool):
             raise ValueError(f"freeze must be true or false, got {cfg.freeze!r}")
+        lr = cfg.explore_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"explore_lr must be a number > 0 (a multiple of the step's LR), got {lr!r}")
+        if lr != 1.0 and not cfg.freeze:
+            raise ValueError(f"explore_lr = {lr} needs freeze=true: without the freeze Θ_K trains in the "
+                             f"same Reactivate & Explore steps and would get the scaled LR too")
         if cfg.lr_clock == "trained" and not cfg.freeze:
             warnings.warn("lr_clock='trained' does nothing with freeze=false: Θ_K trains in every "
                           "iteration, so its clock is the step", stacklevel=3)
@@ -348,6 +365,10 @@ class IEECycle(SparseMethod):
         if cfg.lr_clock == "step" or not cfg.freeze:
             return step
         return iee_lr_step(step, cfg.total_steps, cfg.H, cfg.J, cfg.Q, self.cycles)
+
+    def step_lr_scale(self) -> float:
+        """``explore_lr`` during Reactivate & Explore (only Θ_P has a gradient then), 1 otherwise."""
+        return float(self.config.explore_lr) if self.phase == "explore" else 1.0
 
     @property
     def phase(self) -> str:
