@@ -59,7 +59,13 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
     "iee-period-0.25x": lambda k: [f"H={max(2, k // 4)}", f"J={max(2, k // 4)}", f"Q={max(2, k // 4)}"],
     "iee-lrclock-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained"],
+    "iee-q1": lambda k: ["Q=1"],                                 # one explore step per IEE step
+    "iee-0.5x-q1-lrclock": lambda k: [f"H={k // 2}", f"J={k // 2}", "Q=1", "lr_clock=trained"],
+    # controls: (almost) no structure change, so what is left is the cost of the frozen steps
+    "iee-alpha-0.01": lambda k: ["alpha=0.01"],
+    "iee-alpha-0.01-q1": lambda k: ["alpha=0.01", "Q=1"],
     "iee-explore-lr": lambda k: [f"explore_lr={EXPLORE_LR}"],   # Θ_P explores at 0.1 × the step's LR
+    "iee-lrclock-elr": lambda k: ["lr_clock=trained", f"explore_lr={EXPLORE_LR}"],
     "iee-period-0.5x-elr": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", f"explore_lr={EXPLORE_LR}"],
     "iee-lrclock-0.5x-elr": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained",
                                        f"explore_lr={EXPLORE_LR}"],

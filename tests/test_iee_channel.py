@@ -204,3 +204,16 @@ def test_lr_clock_is_inherited_and_stands_still_on_frozen_steps():
         assert clock == [iee_lr_step(s, 40, 2, 2, 2, meth.cycles) for s in range(40)]
         explore = [s for s in range(1, 40) if meth.stage(s + 1) == "explore" and meth.stage(s) == "explore"]
         assert explore and all(clock[s] == clock[s - 1] for s in explore)
+
+
+def test_explore_lr_is_inherited_and_scales_only_the_explore_steps():
+    m, opt, meth = make(explore_lr=0.5)
+    inside, stages = [], []
+    opt.register_step_pre_hook(lambda o, a, k: inside.append(o.param_groups[0]["lr"]))
+    for s in range(1, 31):
+        stages.append(meth.stage(s))
+        train(m, opt, meth, 1)
+    assert "explore" in stages
+    assert inside == [0.025 if st == "explore" else 0.05 for st in stages]
+    assert opt.param_groups[0]["lr"] == 0.05
+    check_all_or_nothing(m, meth, opt)

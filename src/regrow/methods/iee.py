@@ -48,7 +48,8 @@ Improvement), ``grow_init`` (``dormant`` = MRU | ``zero``), ``grow_by``
 Budget-aware options (issue 15, not in the paper; the defaults are the paper's method):
 ``lr_clock="trained"`` runs the LR schedule on Θ_K's own clock, which stands still
 during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
-``budget_aware=True`` is the preset of what measured better at short budgets.
+``explore_lr`` scales Θ_P's LR during Reactivate & Explore (every inactive weight trains
+at once there: ≈ 1/d times as many as in a sparse step); ``budget_aware=True`` is the preset of what measured better at short budgets.
 """
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ def budget_stage_length(total_steps: Optional[int]) -> int:
     10, 20, 40, 80, 160 epochs of 31 steps. Longer stages lost most at short budgets,
     where few IEE steps fit. On Fashion-MNIST/LeNet-5 (density 0.1) the same rule gained
     nothing over the paper's stages at 8 epochs and diverged on one seed of three at 3
-    epochs (H = J = Q = 5, lr 0.05), so it is not a default. Without ``total_steps`` it is
-    the floor, 5."""
+    epochs (H = J = Q = 5, lr 0.05), so it is not a default. The blow-up is in Reactivate &
+    Explore (all of Θ_P trains at once at Θ_K's LR); ``explore_lr=0.1`` prevents it there but
+    costs short stages 2–6 points on MNIST-1D. Without ``total_steps`` it is the floor, 5."""
     if total_steps is None:
         return MIN_STAGE
     return max(MIN_STAGE, round(int(total_steps) / STEPS_PER_STAGE) // 2)
@@ -226,6 +228,7 @@ class IEEConfig(DynamicConfig):
         choose H, J, Q: short stages (:func:`budget_stage_length`) were the larger gain on
         MNIST-1D (+2 to +8 points up to 40 epochs) but gave nothing on Fashion-MNIST/LeNet-5
         and diverged there on one seed of three at 3 epochs, so they stay an explicit choice.
+        Nor does it set ``explore_lr``: it helps paper-length stages and hurts short ones.
     """
 
     update_interval: Optional[int] = None
