@@ -736,3 +736,13 @@ def test_explore_lr_is_validated(bad):
 def test_explore_lr_needs_the_freeze():
     with pytest.raises(ValueError, match="explore_lr.*freeze"):
         make(explore_lr=0.1, freeze=False)
+
+
+def test_loss_spike_hint_points_at_explore_lr_only_around_reactivate_and_explore():
+    _, _, m = make()
+    for i in range(1, 41):
+        hint = m.loss_spike_hint(i)
+        near = "explore" in (m.stage(i), m.stage(max(1, i - 1)))
+        assert bool(hint) == near, i
+        if near:
+            assert "explore_lr" in hint

@@ -438,3 +438,34 @@ def test_a_user_callback_error_stops_the_run_and_is_raised(tmp_path):
     with pytest.raises(RuntimeError, match="user callback failed"):
         train(tiny(tmp_path), callbacks=[boom])
     assert isinstance(boom.seen, RuntimeError)
+
+
+# ---- loss spikes are reported, not silent --------------------------------------------------
+class Spike:
+    """Blows the weights up after step 6 and puts them back after step 7: step 7's loss
+    jumps, and the run goes on as if nothing happened."""
+
+    def __getattr__(self, hook):
+        return lambda *a: None
+
+    def on_train_batch_end(self, fit):
+        if fit.step == 6:
+            self.saved = {k: v.clone() for k, v in fit.model.state_dict().items()}
+            with torch.no_grad():
+                for p in fit.model.parameters():
+                    p.mul_(30.0)
+        if fit.step == 7:
+            fit.model.load_state_dict(self.saved)
+
+
+def test_a_loss_spike_is_warned_once_and_recorded(tmp_path):
+    with pytest.warns(UserWarning, match=r"training loss jumped to .* at step 7 .*lower the lr"):
+        train(tiny(tmp_path, method="static", epochs=3), callbacks=[Spike()])
+    spikes = [r for r in map(json.loads, lines(tmp_path / "run")) if r.get("event") == "loss_spike"]
+    assert len(spikes) == 1 and spikes[0]["step"] == 7
+    assert spikes[0]["loss"] > 10 * spikes[0]["running_mean"] and spikes[0]["hint"] == ""
+
+
+def test_an_ordinary_run_reports_no_loss_spike(tmp_path):
+    train(tiny(tmp_path, epochs=3))
+    assert not [r for r in map(json.loads, lines(tmp_path / "run")) if r.get("event") == "loss_spike"]

@@ -504,6 +504,11 @@ class SparseMethod(metaclass=_MethodMeta):
         other parameter is frozen."""
         return 1.0
 
+    def loss_spike_hint(self, step: int) -> str:
+        """What to tell a user whose training loss jumped at optimizer step ``step``
+        (1-based), if the method knows a likely cause; empty if not."""
+        return ""
+
     def stage_scores(self, buffer: str, values: Dict[str, torch.Tensor]) -> None:
         """Add ``values`` to ``state.buffers[buffer]`` once the optimizer takes the step
         (scores read from a gradient the GradScaler then rejects must not count)."""

@@ -373,6 +373,14 @@ class IEECycle(SparseMethod):
         """``explore_lr`` during Reactivate & Explore (only Θ_P has a gradient then), 1 otherwise."""
         return float(self.config.explore_lr) if self.phase == "explore" else 1.0
 
+    def loss_spike_hint(self, step: int) -> str:
+        # the loss of step i shows the update of step i − 1
+        if "explore" not in (self.stage(step), self.stage(max(1, step - 1))):
+            return ""
+        return (f"it is in Reactivate & Explore, where every inactive weight trains at once at the step's LR "
+                f"(explore_lr = {self.config.explore_lr:g}); if the run does not recover, set explore_lr "
+                f"below 1 (0.1 stopped such a blow-up, benchmarks/RESULTS.md)")
+
     @property
     def phase(self) -> str:
         return self.state.counters[PHASE]
