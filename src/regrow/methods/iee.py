@@ -49,7 +49,8 @@ Budget-aware options (issue 15, not in the paper; the defaults are the paper's m
 ``lr_clock="trained"`` runs the LR schedule on Θ_K's own clock, which stands still
 during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
 ``explore_lr`` scales Θ_P's LR during Reactivate & Explore (every inactive weight trains
-at once there: ≈ 1/d times as many as in a sparse step); ``budget_aware=True`` is the preset of what measured better at short budgets.
+at once there: ≈ 1/d times as many as in a sparse step); ``budget_aware=True`` is the
+preset of what measured better at short budgets.
 """
 from __future__ import annotations
 

@@ -54,13 +54,13 @@ from .lock import RunLock
 from .tasks import TASKS, Task
 
 CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
 # a step whose training loss is SPIKE_RATIO times its running mean (EMA, decay EMA_DECAY) and
 # at least SPIKE_NATS above it is reported, once per run: a run can blow up and carry on,
 # finite but ruined, without any error (IEE's Reactivate & Explore did, issue 15)
 SPIKE_RATIO, SPIKE_NATS, EMA_DECAY = 10.0, 1.0, 0.98
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-CONFIG = "config.yaml"
 
 
 class NonFiniteLoss(ValueError):
