@@ -48,7 +48,8 @@ BUDGET = "iee-lrclock-0.5x"   # budget-aware IEE: budget_aware=True (lr_clock=tr
 EXPLORE_LR = 0.1             # the explore_lr measured (≈ the density 0.1: Θ_P is ~9× Θ_K there)
 BASELINES = ("dense", "set", "rigl", "rigl-0.5x")   # rigl-0.5x: ΔT = 3·(k // 2), as iee-*-0.5x
 # IEE variants: group name -> extra --opt switches given H = J = Q = k (``iee`` is the
-# paper's method; each other one changes one thing, except the preset)
+# paper's method; each other one changes one thing, except the preset and the
+# combinations named after their parts)
 VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee": lambda k: [],
     "iee-lrclock": lambda k: ["lr_clock=trained"],          # Θ_K's LR clock stops while frozen
@@ -64,12 +65,11 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     # controls: (almost) no structure change, so what is left is the cost of the frozen steps
     "iee-alpha-0.01": lambda k: ["alpha=0.01"],
     "iee-alpha-0.01-q1": lambda k: ["alpha=0.01", "Q=1"],
-    "iee-explore-lr": lambda k: [f"explore_lr={EXPLORE_LR}"],   # Θ_P explores at 0.1 × the step's LR
-    "iee-lrclock-elr": lambda k: ["lr_clock=trained", f"explore_lr={EXPLORE_LR}"],
-    "iee-period-0.5x-elr": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", f"explore_lr={EXPLORE_LR}"],
-    "iee-lrclock-0.5x-elr": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained",
-                                       f"explore_lr={EXPLORE_LR}"],
 }
+# explore_lr on top of a group above (Θ_P explores at EXPLORE_LR × the step's LR)
+for _name, _group in (("iee-explore-lr", "iee"), ("iee-lrclock-elr", "iee-lrclock"),
+                      ("iee-lrclock-0.5x-elr", "iee-lrclock-0.5x")):
+    VARIANTS[_name] = lambda k, _g=VARIANTS[_group]: [*_g(k), f"explore_lr={EXPLORE_LR}"]
 
 
 def hjq(epochs: int, data: str) -> int:
