@@ -105,14 +105,19 @@ def cells(d: Path) -> List[dict]:
     out = []
     for f in sorted(d.glob("*/summary.json")):
         s = json.loads(f.read_text())
-        surv = []
+        surv, new = [], []
         m = f.parent / "metrics.jsonl"
         if m.exists():
             for line in m.read_text().splitlines():
                 rec = json.loads(line)
                 if rec.get("survival_rate") is not None:
                     surv.append(rec["survival_rate"])
+                if rec.get("new_grown_fraction") is not None:
+                    new.append(rec["new_grown_fraction"])
         s["_survival"] = statistics.mean(surv) if surv else None
+        # what Grow returned: median share of new weights over the first half of the updates
+        # (α_t has decayed to a few weights by the last ones); runs before the metric: none
+        s["_new"] = statistics.median(new[:(len(new) + 1) // 2]) if new else None
         out.append(s)
     return out
 
@@ -171,7 +176,9 @@ def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, 
             print(f"| {e} ({e * STEPS_PER_EPOCH[data]}) | {hjq(e, data)} | " + " | ".join(cols)
                   + " | " + " | ".join(diffs) + " |")
         print(f"\nSame cells, density {dens:g}: final-epoch training loss / mean survival rate (over "
-              f"updates and seeds) / physical training FLOPs (× dense, train_flops_physical_relative)\n")
+              f"updates and seeds) / physical training FLOPs (× dense, train_flops_physical_relative)"
+              f" / new-growth fraction (median over the first half of the updates, mean over seeds;"
+              f" — for runs older than the metric)\n")
         shown = [n for n in names if n not in ("dense",)]
         print("| epochs | " + " | ".join(shown) + " |")
         print("|---|" + "---|" * len(shown))
@@ -183,8 +190,9 @@ def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, 
                     cols.append("—")
                     continue
                 surv = mean([s["_survival"] for s in ss if s["_survival"] is not None])
+                fresh = mean([s["_new"] for s in ss if s["_new"] is not None])
                 cols.append(f"{mean([s['train_loss'] for s in ss]):.3f} / {fmt(surv, '.3f')} / "
-                            f"{mean([s['train_flops_physical_relative'] for s in ss]):.3f}")
+                            f"{mean([s['train_flops_physical_relative'] for s in ss]):.3f} / {fmt(fresh, '.2f')}")
             print(f"| {e} | " + " | ".join(cols) + " |")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 import io
 
 import pytest
@@ -353,12 +354,12 @@ def test_prune_and_grow_records_on_hand_made_masks():
     r = metrics.record_prune(st, _masks([1, 1, 0, 0, 0, 0]), _masks([1, 0, 0, 0, 0, 0]))
     assert r == {"n_pruned": 1}
     r = metrics.record_grow(st, _masks([1, 1, 0, 0, 0, 0]), _masks([1, 0, 0, 0, 0, 0]), _masks([1, 0, 1, 0, 0, 0]))
-    assert r == {"exploration_degree": 3 / 6, "iou_grow": 1 / 3, "n_grown": 1}
+    assert r == {"exploration_degree": 3 / 6, "iou_grow": 1 / 3, "n_grown": 1, "new_grown_fraction": 1.0}
     # update 2: prune index 0 (the grown index 2 survives), grow index 4
     r = metrics.record_prune(st, _masks([1, 0, 1, 0, 0, 0]), _masks([0, 0, 1, 0, 0, 0]))
     assert r == {"iou_prune": 0.0, "survival_rate": 1.0, "n_pruned": 1}
     r = metrics.record_grow(st, _masks([1, 0, 1, 0, 0, 0]), _masks([0, 0, 1, 0, 0, 0]), _masks([0, 0, 1, 0, 1, 0]))
-    assert r == {"exploration_degree": 4 / 6, "iou_grow": 1 / 3, "n_grown": 1}
+    assert r == {"exploration_degree": 4 / 6, "iou_grow": 1 / 3, "n_grown": 1, "new_grown_fraction": 1.0}
     # update 3: the weight grown at update 2 (index 4) is pruned again
     r = metrics.record_prune(st, _masks([0, 0, 1, 0, 1, 0]), _masks([0, 0, 1, 0, 0, 0]))
     assert r == {"iou_prune": 1.0, "survival_rate": 0.0, "n_pruned": 1}
@@ -746,3 +747,34 @@ def test_loss_spike_hint_points_at_explore_lr_only_around_reactivate_and_explore
         assert bool(hint) == near, i
         if near:
             assert "explore_lr" in hint
+
+
+# ---- exploration that finds nothing is not silent (issue 15) -----------------------------------
+def _grow_records(method):
+    return [r for r in method.pop_metrics() if r.get("event") in ("grow", "low_exploration")]
+
+
+def test_growing_back_what_was_pruned_warns_half_way_through_the_iee_steps():
+    # Θ_P barely moves (explore_lr 1e-6): the pruned weights keep the largest explored
+    # magnitudes (never-active ones explore from 0), so every Grow returns exactly them
+    model, opt, m = make(explore_lr=1e-6, total_steps=100)   # ΔT = 7: 10 IEE steps
+    assert m.cycles == 10
+    with pytest.warns(UserWarning, match=r"in 5 of the first 5 IEE steps Grow brought back mostly"):
+        train(model, opt, m, 35)   # the 5th grow starts iteration 35 (after optimizer step 34)
+    recs = _grow_records(m)
+    grows = [r for r in recs if r["event"] == "grow"]
+    assert len(grows) == 5 and all(r["new_grown_fraction"] == 0.0 for r in grows)
+    assert [r for r in recs if r["event"] == "low_exploration"] == [
+        {"step": 34, "event": "low_exploration", "low_new_steps": 5, "of_steps": 5}]
+
+
+def test_exploration_that_finds_new_weights_stays_silent():
+    # random growth picks mostly weights that were not active before (|Θ_P| ≫ Ω)
+    model, opt, m = make(grow_by="random", total_steps=100)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*Grow brought back")
+        train(model, opt, m, 100)
+    grows = [r for r in _grow_records(m) if r["event"] == "grow"]
+    assert len(grows) == 10
+    # α_t decays to a handful of weights at the last steps; the first half decides
+    assert min(r["new_grown_fraction"] for r in grows[:5]) >= 0.1

@@ -320,3 +320,32 @@ def test_lr_clock_under_a_framework_scheduler_warns_that_it_has_no_effect():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         own.on_fit_start(Fit(model, torch.optim.SGD(model.parameters(), lr=0.1), RunFacts(total_steps=40)))
+
+
+class SpikeNet(Net):
+    """Returns a 1000× loss at one step: the kind of jump IEE's Reactivate & Explore made."""
+
+    def __init__(self, spike_at: int):
+        super().__init__()
+        self.spike_at = spike_at
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1000.0 if self.trainer.global_step == self.spike_at else loss
+
+
+def test_a_loss_spike_warns_once_and_reaches_the_logger():
+    logger, cb = Capture(), RegrowCallback("static", density=0.5)
+    with pytest.warns(UserWarning, match=r"training loss jumped to .* at step 7 "):
+        _trainer([cb], logger=logger, log_every_n_steps=1).fit(SpikeNet(spike_at=6), _data())
+    spikes = [r for r in cb.records if r.get("event") == "loss_spike"]
+    assert len(spikes) == 1 and spikes[0]["step"] == 7   # the step count after the spiked step
+    assert any("regrow/loss_spike/loss" in m for _, m in logger.metrics)
+
+
+def test_an_ordinary_fit_reports_no_loss_spike():
+    cb = RegrowCallback("rigl", density=0.2, update_interval=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "training loss jumped")
+        _trainer([cb], log_every_n_steps=1).fit(Net(), _data())
+    assert not [r for r in cb.records if r.get("event") == "loss_spike"]

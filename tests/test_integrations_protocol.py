@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from regrow.integrations.protocol import Callback, Fit, SparsityCallback
+from regrow.integrations.protocol import Callback, Fit, SparsityCallback, watch_loss
 from regrow.methods.base import RunFacts
 
 
@@ -123,3 +123,39 @@ def test_validation_view_hides_explored_weights_and_restores_them():
     core.on_exception(fit, RuntimeError("died in validation"))   # values back even then
     for n, p in model.named_parameters():
         assert torch.equal(p, live[n])
+
+
+# ---- the loss-spike watch every trainer feeds ---------------------------------------------
+def test_watch_loss_golden_running_mean_and_one_warning():
+    state = {}
+    assert watch_loss(state, 2.0, 1, None) is None and state["loss_ema"] == 2.0
+    assert watch_loss(state, 1.0, 2, None) is None
+    assert state["loss_ema"] == pytest.approx(0.98 * 2.0 + 0.02 * 1.0)         # 1.98
+    assert watch_loss(state, 19.0, 3, None) is None        # < 10 × 1.98: not a spike
+    ema = state["loss_ema"]
+    assert watch_loss(state, float("nan"), 4, None) is None and state["loss_ema"] == ema   # not fed
+    with pytest.warns(UserWarning, match=r"jumped to 300 at step 5 .*lower the lr"):
+        rec = watch_loss(state, 300.0, 5, None)
+    assert rec == {"event": "loss_spike", "step": 5, "loss": 300.0, "running_mean": ema, "hint": ""}
+    assert state["spike_reported"] is True
+    assert watch_loss(state, 3000.0, 6, None) is None      # once per run
+    # a small loss is no spike however large the ratio: it must also be > 1 nat above the mean
+    assert watch_loss({"loss_ema": 0.01}, 0.5, 1, None) is None
+
+
+def test_loss_spikes_reach_records_and_the_logger_and_the_watch_resumes():
+    model, opt = _setup()
+    core = SparsityCallback("iee", density=0.25, H=2, J=2, Q=2)
+    fit = Fit(model, opt, RunFacts(total_steps=30), step=4)
+    core.on_fit_start(fit)
+    assert core.on_train_loss(fit, 1.0) is None
+    with pytest.warns(UserWarning, match="Reactivate & Explore.*explore_lr"):   # the method's hint
+        rec = core.on_train_loss(fit, 50.0)
+    assert rec["event"] == "loss_spike" and core.records[-1] is rec
+    flat = core.log_metrics()
+    assert flat["regrow/loss_spike/loss"] == 50.0 and flat["regrow/loss_spike/running_mean"] == 1.0
+    payload = core.state_dict(model)
+    again = SparsityCallback("iee", density=0.25, H=2, J=2, Q=2)
+    again.load_state_dict(payload)
+    again.on_fit_start(Fit(*_setup(), RunFacts(total_steps=30), step=4))
+    assert again.loss_watch == core.loss_watch and again.loss_watch["spike_reported"] is True

@@ -244,3 +244,25 @@ def test_missing_transformers_names_the_extra():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
+
+
+class SpikyTrainer(RegrowTrainer):
+    """A 1000× loss at one step: the kind of jump IEE's Reactivate & Explore made."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        loss = super().compute_loss(model, inputs, *args, **kwargs)
+        return loss * 1000.0 if self.state.global_step == 6 else loss
+
+
+def test_a_logged_loss_spike_warns_once_and_reaches_the_logs(tmp_path):
+    with pytest.warns(UserWarning, match=r"training loss jumped to .* at step 7 "):
+        tr = _train(tmp_path, [RegrowCallback("static", density=0.5)], trainer_cls=SpikyTrainer, logging_steps=1)
+    spikes = [r for r in _regrow(tr).records if r.get("event") == "loss_spike"]
+    assert len(spikes) == 1 and spikes[0]["step"] == 7
+    assert [h["regrow/loss_spike/loss"] for h in tr.state.log_history if "regrow/loss_spike/loss" in h] == [
+        spikes[0]["loss"]]
+
+
+def test_an_ordinary_run_logs_no_loss_spike(tmp_path):
+    tr = _train(tmp_path, [RegrowCallback("rigl", density=0.2, update_interval=2)], logging_steps=1)
+    assert not [r for r in _regrow(tr).records if r.get("event") == "loss_spike"]

@@ -1,4 +1,4 @@
-"""Mask IoU, survival rate and exploration degree on hand-made mask sequences."""
+"""Mask IoU, survival rate, exploration degree and new-growth fraction on hand-made mask sequences."""
 import pytest
 import torch
 
@@ -33,6 +33,20 @@ def test_two_updates_by_hand():
     assert u2["iou_grow"] == pytest.approx(2 / 6)          # {0,4,6,7} vs {0,1,4,5}
     assert u2["exploration_degree"] == 1.0
     assert u2["n_pruned"] == 2 and u2["n_grown"] == 2
+    assert u1["new_grown_fraction"] == u2["new_grown_fraction"] == 1.0   # nothing grown was active before
+
+
+def test_new_grown_fraction_counts_what_grow_brought_back_by_hand():
+    """IEE-style: prune {1, 2, 3}, grow back {2, 3} (pruned this update) and {6}: 1/3 new."""
+    before = _m(1, 1, 1, 1, 0, 0, 0, 0)
+    s = _state(before)
+    out = metrics.record_update(s, before, _m(1, 0, 0, 0, 0, 0, 0, 0), _m(1, 0, 1, 1, 0, 0, 1, 0))
+    assert out["n_grown"] == 3 and out["new_grown_fraction"] == pytest.approx(1 / 3)
+    # Grow returns exactly what Prune removed: nothing new
+    out = metrics.record_update(s, before, _m(1, 1, 0, 0, 0, 0, 0, 0), before)
+    assert out["new_grown_fraction"] == 0.0 and out["iou_grow"] == 1.0
+    # nothing grown: no fraction
+    assert "new_grown_fraction" not in metrics.record_update(s, before, before, before)
 
 
 def test_prune_then_grow_halves_equal_one_update():

@@ -5,6 +5,10 @@ exploration degree.
 * survival rate at update u+1 = |G_u ∩ K'_{u+1}| / |G_u|, G_u the weights grown at
   update u and K'_{u+1} the active set right after the prune of update u+1.
 * exploration degree R = |weights ever active| / |sparse weights| (DST-EE, Eq. 3).
+* new-growth fraction of update u = |G_u ∖ K_u| / |G_u|, K_u the active set before the
+  update's prune: the share of the grown weights that were not active before it. For
+  IEE it is what Reactivate & Explore returns: near 0, Grow brought back the weights
+  Prune removed (issue 15).
 
 The tracker keeps its memory (bool masks only) inside ``SparseState.buffers`` so it
 resumes with everything else.
@@ -96,8 +100,11 @@ def record_grow(
     state: SparseState, before: Masks, after_prune: Masks, after_grow: Masks
 ) -> Dict[str, float]:
     """The grow half of an update: IoU of the after-grow mask with ``before`` (the mask
-    before this update's prune), exploration degree, grown count."""
+    before this update's prune), exploration degree, grown count and the share of the
+    grown weights that were not in ``before``."""
     out = _record_new_mask(state, before, after_grow)
-    state.buffers[LAST_GROWN] = {k: minus(after_grow[k], after_prune[k]) for k in after_grow}
-    out["n_grown"] = count_true_sum(state.buffers[LAST_GROWN].values())
+    grown = state.buffers[LAST_GROWN] = {k: minus(after_grow[k], after_prune[k]) for k in after_grow}
+    out["n_grown"] = n_grown = count_true_sum(grown.values())
+    if n_grown:
+        out["new_grown_fraction"] = count_true_sum(minus(grown[k], before[k]) for k in grown) / n_grown
     return out

@@ -127,6 +127,17 @@ def restore_live(model: nn.Module, live: Dict[str, torch.Tensor]) -> None:
             params[n].copy_(v)
 
 
+def loss_value(outputs: Any) -> Optional[float]:
+    """The training loss in a step's outputs (a tensor, or a mapping with ``"loss"``), or None."""
+    if isinstance(outputs, dict):
+        outputs = outputs.get("loss")
+    if torch.is_tensor(outputs) and outputs.numel() == 1:
+        return float(outputs.detach())
+    if isinstance(outputs, (int, float)) and not isinstance(outputs, bool):
+        return float(outputs)
+    return None
+
+
 def flat_metrics(records: List[Dict[str, Any]], method: SparseMethod, prefix: str = "regrow/") -> Dict[str, float]:
     """Numbers of the latest record of each event (``regrow/update/iou_grow``, …) and
     the current density, for a framework logger."""
@@ -140,9 +151,12 @@ def flat_metrics(records: List[Dict[str, Any]], method: SparseMethod, prefix: st
     return out
 
 
-def checkpoint_payload(method: SparseMethod, live: Dict[str, torch.Tensor]) -> Dict[str, Any]:
-    """What an integration stores: the method's state_dict plus live values (if any)."""
-    return {"format": "regrow.integration/1", "sparsity": method.state_dict(), "live": live}
+def checkpoint_payload(method: SparseMethod, live: Dict[str, torch.Tensor],
+                       loss_watch: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What an integration stores: the method's state_dict plus live values (if any) and
+    the loss-spike watch's running mean."""
+    return {"format": "regrow.integration/1", "sparsity": method.state_dict(), "live": live,
+            "loss_watch": dict(loss_watch or {})}
 
 
 def check_payload(payload: Any, where: str) -> Dict[str, Any]:

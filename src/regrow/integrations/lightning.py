@@ -26,6 +26,10 @@ optimizer's step hooks, whoever calls ``optimizer.step()``):
   ``fit(ckpt_path=...)`` with this callback continues bit-identically on CPU.
 * logging: at every structure update the method's records (``regrow/<event>/<key>``)
   and ``regrow/density`` go to ``trainer.loggers``; ``callback.records`` keeps them all.
+* loss spikes: every ``log_every_n_steps`` steps the ``training_step``'s loss is read
+  (one device sync per logging step, as Lightning's own logging) and a loss far above
+  its running mean warns once, with the method's likely cause, and logs
+  ``regrow/loss_spike/*`` (the same watch as regrow's own Trainer).
 """
 from __future__ import annotations
 
@@ -89,7 +93,7 @@ class RegrowCallback(Adapter, Callback):
         if self.sparsity is None:
             return self.core.state_dict()
         live, self._view = _common.evaluation_view(self.sparsity, self._fit.model)
-        return _common.checkpoint_payload(self.sparsity, live)
+        return _common.checkpoint_payload(self.sparsity, live, self.core.loss_watch)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         # usual order: weights and callbacks before on_fit_start (restored there);
@@ -115,6 +119,10 @@ class RegrowCallback(Adapter, Callback):
             return
         self._fit.step = trainer.global_step
         self.core.on_train_batch_end(self._fit)
+        if trainer.global_step % max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1)) == 0:
+            loss = _common.loss_value(outputs)
+            if loss is not None:
+                self.core.on_train_loss(self._fit, loss)
         metrics = self.core.log_metrics() if self.core.unlogged else {}
         if metrics and self._log and trainer.loggers:
             for logger in trainer.loggers:

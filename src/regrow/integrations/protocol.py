@@ -23,16 +23,46 @@ No framework is imported here.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, MutableMapping, Optional
 
 import torch
 from torch import nn
 
 from ..methods.base import RunFacts, SparseMethod
+from ..modules import warn_user
 from . import _common
 
-__all__ = ["Fit", "Callback", "SparsityCallback", "Adapter"]
+__all__ = ["Fit", "Callback", "SparsityCallback", "Adapter", "watch_loss"]
+
+# a step whose training loss is SPIKE_RATIO times its running mean (EMA, decay EMA_DECAY) and
+# at least SPIKE_NATS above it is reported, once per run: a run can blow up and carry on,
+# finite but ruined, without any error (IEE's Reactivate & Explore did, issue 15)
+SPIKE_RATIO, SPIKE_NATS, EMA_DECAY = 10.0, 1.0, 0.98
+
+
+def watch_loss(state: MutableMapping[str, Any], loss: float, step: int,
+               method: Optional[SparseMethod]) -> Optional[Dict[str, Any]]:
+    """Feed one training loss to the spike watch whose state (``loss_ema``,
+    ``spike_reported``) lives in ``state``. The first loss more than ``SPIKE_RATIO`` times
+    the running mean and ``SPIKE_NATS`` above it warns, with the method's likely cause
+    (:meth:`SparseMethod.loss_spike_hint`), and returns the ``loss_spike`` record; later
+    ones (and non-finite losses, which the loops handle) return None."""
+    loss = float(loss)
+    if not math.isfinite(loss):
+        return None
+    ema = state.get("loss_ema")
+    record = None
+    if (ema is not None and not state.get("spike_reported") and loss > SPIKE_RATIO * ema
+            and loss > ema + SPIKE_NATS):
+        hint = method.loss_spike_hint(step) if method is not None else ""
+        warn_user(f"training loss jumped to {loss:.4g} at step {step} ({loss / ema:.3g}× its running "
+                  f"mean {ema:.3g}); " + (hint or "if the run does not recover, lower the lr"))
+        record = {"event": "loss_spike", "step": step, "loss": loss, "running_mean": ema, "hint": hint}
+        state["spike_reported"] = True
+    state["loss_ema"] = loss if ema is None else EMA_DECAY * ema + (1 - EMA_DECAY) * loss
+    return record
 
 
 @dataclass
@@ -105,6 +135,7 @@ class SparsityCallback(Callback):
         self.unlogged: List[Dict[str, Any]] = []
         self._pending: Optional[Dict[str, Any]] = None
         self._eval = contextlib.ExitStack()
+        self.loss_watch: Dict[str, Any] = {}   # watch_loss's state, kept in the payload
 
     # ---- building and restoring ---------------------------------------------------
     def on_fit_start(self, fit: Any) -> None:
@@ -114,6 +145,7 @@ class SparsityCallback(Callback):
         if self._pending is not None:
             payload, self._pending = self._pending, None
             self.restore(fit.model, payload["sparsity"], payload.get("live") or {})
+            self.loss_watch = dict(payload.get("loss_watch") or {})
 
     def restore(self, model: nn.Module, method_state: Dict[str, Any],
                 live: Optional[Dict[str, torch.Tensor]] = None) -> None:
@@ -133,7 +165,7 @@ class SparsityCallback(Callback):
         if self.method is None:
             return dict(self._pending or {})
         live = _common.evaluation_view(self.method, model)[0] if model is not None else {}
-        return _common.checkpoint_payload(self.method, live)
+        return _common.checkpoint_payload(self.method, live, self.loss_watch)
 
     def load_state_dict(self, payload: Dict[str, Any], model: Optional[nn.Module] = None,
                         where: str = "the checkpoint") -> None:
@@ -146,6 +178,7 @@ class SparsityCallback(Callback):
             self._pending = payload
         else:
             self.restore(model, payload["sparsity"], payload.get("live") or {})
+            self.loss_watch = dict(payload.get("loss_watch") or {})
 
     # ---- the step --------------------------------------------------------------------
     def on_before_optimizer_step(self, fit: Any) -> None:
@@ -157,6 +190,17 @@ class SparsityCallback(Callback):
 
     def on_train_batch_end(self, fit: Any) -> None:
         self.pop_records()
+
+    def on_train_loss(self, fit: Any, loss: float) -> Optional[Dict[str, Any]]:
+        """A training loss of the step (``fit.step``) the trainer saw: a spike far above
+        its running mean warns once per run with the method's likely cause
+        (:func:`watch_loss`); its ``loss_spike`` record is returned and, for the
+        framework's loggers, kept in ``records`` and ``unlogged``."""
+        record = watch_loss(self.loss_watch, loss, fit.step, self.method)
+        if record is not None:
+            self.records.append(record)
+            self.unlogged.append(record)
+        return record
 
     def pop_records(self) -> List[Dict[str, Any]]:
         """The structure-update records since the last call (also kept in ``records``)."""

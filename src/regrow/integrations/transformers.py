@@ -35,7 +35,10 @@ after the clip), and it calls no callback before evaluating or saving the model.
   values the view hides are saved in ``regrow_sparsity.pt``, so resume is exact;
 * ``train(resume_from_checkpoint=...)`` tells the callback which folder to restore;
 * ``log``: adds ``regrow/density`` and the latest structure-update records
-  (``regrow/<event>/<key>``) to the Trainer's logs.
+  (``regrow/<event>/<key>``) to the Trainer's logs, and feeds the logged training
+  ``loss`` (the mean over ``logging_steps``) to regrow's loss-spike watch: a loss far
+  above its running mean warns once, with the method's likely cause, and logs
+  ``regrow/loss_spike/*``.
 
 DeepSpeed and FSDP, which clip or shard inside their engines, are not supported.
 """
@@ -140,6 +143,12 @@ class RegrowCallback(Adapter, TrainerCallback):
         the last call (the mixin adds them to the Trainer's logs)."""
         return self.core.log_metrics()
 
+    def watch_loss(self, loss: float, step: int) -> None:
+        """A logged training loss (at optimizer step ``step``) for the loss-spike watch."""
+        if self._fit is not None:
+            self._fit.step = step
+            self.core.on_train_loss(self._fit, loss)
+
     def before_optimizer_step(self) -> None:
         """The gradients are unscaled and about to be clipped: mask them."""
         if self._fit is not None:
@@ -202,6 +211,9 @@ class RegrowTrainerMixin:
     def log(self, logs: Dict[str, float], *args: Any, **kwargs: Any):
         cb = self._regrow_callback()
         if cb is not None and cb.sparsity is not None and self.is_in_train:
+            loss = _common.loss_value(logs.get("loss"))
+            if loss is not None:
+                cb.watch_loss(loss, self.state.global_step)
             logs = {**logs, **cb.log_metrics()}
         return super().log(logs, *args, **kwargs)
 

@@ -67,6 +67,7 @@ import torch
 
 from .. import metrics as mask_metrics
 from ..criteria import CRITERIA
+from ..modules import warn_user
 from ..optim import mask_gradients_, mask_parameters_, preserves_zeros, zero_optimizer_state_
 from .base import METHODS, DynamicConfig, SparseMethod
 
@@ -76,6 +77,7 @@ OMEGA = "iee.omega"              # Ω_t per layer ({"*": Ω_t} under global) of 
 FRACTION = "iee.fraction"        # α_t of the current step
 KEPT = "iee.kept"                # per-layer |Θ_K| between prune and grow
 CYCLES_DONE = "iee.cycles_done"
+LOW_YIELD = "iee.low_yield"      # IEE steps so far whose Grow returned < LOW_NEW_FRACTION new weights
 SNAP_SCALARS = "iee.snap.scalars"  # non-tensor optimizer state during R&E
 BEFORE = "iee.before"            # Θ_K before this step's prune (IoU after grow)
 SCORE = "iee.score"              # accumulated gradient-based scores
@@ -89,6 +91,10 @@ BUDGET_AWARE = {"lr_clock": "trained"}
 # the short-budget stage length of budget_stage_length: H = J = Q = max(MIN_STAGE, round(T / STEPS_PER_STAGE) // 2)
 STEPS_PER_STAGE = 186
 MIN_STAGE = 5
+# an IEE step whose grown weights are < 10% new (not active before its prune) explored in
+# vain; when most of the first half of the IEE steps do, the run says so (issue 15: 0.03–0.09
+# on Fashion-MNIST at 3 epochs, where IEE trailed RigL by 1.5 points; ≥ 0.2 where it won)
+LOW_NEW_FRACTION = 0.1
 
 
 def budget_stage_length(total_steps: Optional[int]) -> int:
@@ -559,6 +565,26 @@ class IEECycle(SparseMethod):
         self.state.counters[CYCLES_DONE] += 1
         self.log({"step": self.state.step, "event": "grow", "fraction": fraction, **self._choice, **record,
                   **self.update_record()})
+        self._check_exploration(record.get("new_grown_fraction"))
+
+    def _check_exploration(self, new_fraction: Optional[float]) -> None:
+        """Warn once, half-way through the IEE steps (runs of ≥ 4), when most of them grew
+        back what they had pruned: exploration found little, yet its frozen iterations
+        cost Θ_K training. Silent otherwise."""
+        counters = self.state.counters
+        if new_fraction is not None and new_fraction < LOW_NEW_FRACTION:
+            counters[LOW_YIELD] = counters.get(LOW_YIELD, 0) + 1
+        done, half = counters[CYCLES_DONE], (self.cycles + 1) // 2
+        low = counters.get(LOW_YIELD, 0)
+        if self.cycles < 4 or done != half or 2 * low <= half:
+            return
+        warn_user(
+            f"{self.name}: in {low} of the first {half} IEE steps Grow brought back mostly the weights Prune "
+            f"had removed (< {LOW_NEW_FRACTION:.0%} of the grown weights new, metric new_grown_fraction): "
+            f"exploration is finding little in this run, while its frozen Reactivate & Explore iterations "
+            f"cost the active weights training. Where this happened IEE trailed RigL (Fashion-MNIST, 3 epochs: "
+            f"−1.5 points, benchmarks/RESULTS.md); train longer, or use RigL for a run this short")
+        self.log({"step": self.state.step, "event": "low_exploration", "low_new_steps": low, "of_steps": half})
 
     # ---- cost --------------------------------------------------------------------------
     def step_flops(self, zeta_sparse: float, zeta_dense: float) -> float:

@@ -34,7 +34,6 @@ import math
 import random
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -57,10 +56,6 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
-# a step whose training loss is SPIKE_RATIO times its running mean (EMA, decay EMA_DECAY) and
-# at least SPIKE_NATS above it is reported, once per run: a run can blow up and carry on,
-# finite but ruined, without any error (IEE's Reactivate & Explore did, issue 15)
-SPIKE_RATIO, SPIKE_NATS, EMA_DECAY = 10.0, 1.0, 0.98
 
 
 class NonFiniteLoss(ValueError):
@@ -473,6 +468,8 @@ class Trainer:
         self.sparsity = SparsityCallback(cfg.method, framework_lr=False,
                                          **method_options(cfg, total_steps, spe, bundle.input_shape))
         self.sparsity.on_fit_start(self)
+        # the loss-spike watch keeps its running mean in the loop record: checkpointed with it
+        self.sparsity.loss_watch = self.loop
         self.method = method = self.sparsity.method
         warmup = int(round(cfg.warmup_epochs * spe))
         self.sched = StepSchedule(self.optimizer, lambda s: lr_factor(
@@ -680,7 +677,9 @@ class Trainer:
         window[1] += self._step_seen
         es[0] += self._step_loss
         es[1] += self._step_seen
-        self.check_loss_spike(self._step_loss / self._step_seen)
+        spike = self.sparsity.on_train_loss(self, self._step_loss / self._step_seen)
+        if spike is not None:
+            self.writer.write(spike)
         self._step_loss, self._step_seen = 0.0, 0
         records = self.sparsity.pop_records()
         log_now = step % cfg.log_every == 0
@@ -707,22 +706,6 @@ class Trainer:
         loop["metrics_lines"] = self.writer.lines
         for cb in self.user_callbacks:
             cb.on_train_batch_end(self)
-
-    def check_loss_spike(self, loss: float) -> None:
-        """Warn (once per run, and a ``loss_spike`` record in the metrics) when this step's
-        training loss jumps far above its running mean, with the method's hint of why."""
-        loop = self.loop
-        ema = loop.get("loss_ema")
-        if (ema is not None and not loop.get("spike_reported") and loss > SPIKE_RATIO * ema
-                and loss > ema + SPIKE_NATS):
-            hint = self.method.loss_spike_hint(self.step)
-            warnings.warn(f"training loss jumped to {loss:.4g} at step {self.step} ({loss / ema:.0f}× its "
-                          f"running mean {ema:.3g}); " + (hint or "if the run does not recover, lower the lr"),
-                          UserWarning, stacklevel=2)
-            self.writer.write({"event": "loss_spike", "step": self.step, "loss": loss, "running_mean": ema,
-                               "hint": hint})
-            loop["spike_reported"] = True
-        loop["loss_ema"] = loss if ema is None else EMA_DECAY * ema + (1 - EMA_DECAY) * loss
 
     def end_epoch(self, epoch: int) -> None:
         """The epoch's record, evaluation when due, the masks checked across ranks, the
