@@ -759,8 +759,9 @@ def test_growing_back_what_was_pruned_warns_half_way_through_the_iee_steps():
     # magnitudes (never-active ones explore from 0), so every Grow returns exactly them
     model, opt, m = make(explore_lr=1e-6, total_steps=100)   # ΔT = 7: 10 IEE steps
     assert m.cycles == 10
-    with pytest.warns(UserWarning, match=r"in 5 of the first 5 IEE steps Grow brought back mostly"):
+    with pytest.warns(UserWarning, match=r"in 5 of the first 5 IEE steps Grow brought back mostly") as caught:
         train(model, opt, m, 35)   # the 5th grow starts iteration 35 (after optimizer step 34)
+    assert caught[0].filename == __file__   # the user's line, not torch's optimizer hook
     recs = _grow_records(m)
     grows = [r for r in recs if r["event"] == "grow"]
     assert len(grows) == 5 and all(r["new_grown_fraction"] == 0.0 for r in grows)

@@ -96,10 +96,11 @@ def is_sparse_layer(module: nn.Module) -> bool:
 
 
 def warn_user(message: str) -> None:
-    """A UserWarning attributed to the first caller outside regrow (the user's line)."""
-    package = os.path.dirname(os.path.abspath(__file__))
+    """A UserWarning attributed to the first caller outside regrow and torch (the user's
+    line: e.g. their ``optimizer.step()`` when the method runs from the optimizer's hooks)."""
+    packages = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__package__], torch))
     frame, level = sys._getframe(1), 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(packages):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, UserWarning, stacklevel=level)
 
