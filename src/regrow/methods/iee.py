@@ -50,7 +50,9 @@ Budget-aware options (issue 15, not in the paper; the defaults are the paper's m
 during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
 ``explore_lr`` scales Θ_P's LR during Reactivate & Explore (every inactive weight trains
 at once there: ≈ 1/d times as many as in a sparse step); ``budget_aware=True`` is the
-preset of what measured better at short budgets.
+preset of what measured better at short budgets. Each Grow records ``new_grown_fraction``
+(the share of the grown weights that were not active before the step's Prune); when most
+of the first half of the IEE steps grow back < 10% new weights, IEE warns once.
 """
 from __future__ import annotations
 
@@ -92,8 +94,9 @@ BUDGET_AWARE = {"lr_clock": "trained"}
 STEPS_PER_STAGE = 186
 MIN_STAGE = 5
 # an IEE step whose grown weights are < 10% new (not active before its prune) explored in
-# vain; when most of the first half of the IEE steps do, the run says so (issue 15: 0.03–0.09
-# on Fashion-MNIST at 3 epochs, where IEE trailed RigL by 1.5 points; ≥ 0.2 where it won)
+# vain; when most of the first half of the IEE steps do, the run says so (issue 15: median
+# 0.07 on Fashion-MNIST at 3 epochs, where IEE trailed RigL by 1.5 points; 0.17–0.86 where it
+# drew level or won)
 LOW_NEW_FRACTION = 0.1
 
 
@@ -272,6 +275,9 @@ class IEECycle(SparseMethod):
     dynamic = True
     # the message's hint when no IEE step fits the run
     no_cycle_hint: str = "lower H, J, Q or train longer"
+    # the advice when exploration keeps growing back what was pruned
+    low_exploration_hint: str = ("where this happened IEE trailed RigL (Fashion-MNIST, 3 epochs: −1.5 points, "
+                                 "benchmarks/RESULTS.md); train longer, or use RigL for a run this short")
 
     def validate_config(self) -> None:
         cfg = self.config
@@ -582,8 +588,7 @@ class IEECycle(SparseMethod):
             f"{self.name}: in {low} of the first {half} IEE steps Grow brought back mostly the weights Prune "
             f"had removed (< {LOW_NEW_FRACTION:.0%} of the grown weights new, metric new_grown_fraction): "
             f"exploration is finding little in this run, while its frozen Reactivate & Explore iterations "
-            f"cost the active weights training. Where this happened IEE trailed RigL (Fashion-MNIST, 3 epochs: "
-            f"−1.5 points, benchmarks/RESULTS.md); train longer, or use RigL for a run this short")
+            f"cost the active weights training; {self.low_exploration_hint}")
         self.log({"step": self.state.step, "event": "low_exploration", "low_new_steps": low, "of_steps": half})
 
     # ---- cost --------------------------------------------------------------------------

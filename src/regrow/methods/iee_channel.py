@@ -69,6 +69,7 @@ class ChannelIEE(ChannelMethod, IEECycle):
 
     Config = ChannelIEEConfig
     structures = ("channel",)
+    low_exploration_hint = "train longer, or use HALP, which prunes without regrowing"
     no_cycle_hint = ("the paper's structured protocol ends updates at 5/130 of the run; lower H, J, Q, "
                      "raise end_fraction or train longer")
 
