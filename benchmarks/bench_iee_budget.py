@@ -29,6 +29,12 @@ benchmarks/RESULTS.md, "IEE at the budgets users actually run".
     python benchmarks/bench_iee_budget.py --out runs/budget --report-only --per-seed
     python benchmarks/bench_iee_budget.py --out runs/budget-fm --data fashion-mnist --epochs 3,8,20 \\
         --groups rigl,iee,iee-lrclock-0.5x --densities 0.1 --seeds 0,1,2
+    python benchmarks/bench_iee_budget.py --out runs/budget-fm-mlp --data fashion-mnist --model mlp \\
+        --epochs 3,8 --groups rigl,iee,iee-period-2x,iee-period-4x --densities 0.1,0.05 --seeds 0,1,2
+
+The second table gives, per cell, the final-epoch training loss, the mean survival rate,
+the physical training FLOPs and the median ``new_grown_fraction`` over the first half of
+the updates (what Grow brought in that was not active before the update).
 """
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee-tend-0.5": lambda k: ["end_fraction=0.5"],          # IEE steps over half the run
     "iee-nofreeze": lambda k: ["freeze=false"],              # reference: not IEE's idea
     "iee-period-2x": lambda k: [f"H={2 * k}", f"J={2 * k}", f"Q={2 * k}"],   # fewer, longer IEE steps
+    "iee-period-4x": lambda k: [f"H={4 * k}", f"J={4 * k}", f"Q={4 * k}"],
     "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
     "iee-period-0.25x": lambda k: [f"H={max(2, k // 4)}", f"J={max(2, k // 4)}", f"Q={max(2, k // 4)}"],
     "iee-lrclock-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained"],

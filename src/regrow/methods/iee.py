@@ -110,11 +110,16 @@ def budget_stage_length(total_steps: Optional[int]) -> int:
     10 to 160 epochs (benchmarks/RESULTS.md, issue 15: half the stage of the sweep's
     k = max(10, round(T/186)), with the trained LR clock): 5, 5, 5, 6, 13 iterations at
     10, 20, 40, 80, 160 epochs of 31 steps. Longer stages lost most at short budgets,
-    where few IEE steps fit. On Fashion-MNIST/LeNet-5 (density 0.1) the same rule gained
-    nothing over the paper's stages at 8 epochs and diverged on one seed of three at 3
-    epochs (H = J = Q = 5, lr 0.05), so it is not a default. The blow-up is in Reactivate &
-    Explore (all of Θ_P trains at once at Θ_K's LR); ``explore_lr=0.1`` prevents it there but
-    costs short stages 2–6 points on MNIST-1D. Without ``total_steps`` it is the floor, 5."""
+    where few IEE steps fit. It is MNIST-1D's rule, not a general one: on Fashion-MNIST the
+    best stages were *longer* than the sweep's k (2k on LeNet-5, 4k on LeNet-300-100, at 3–8
+    epochs), this rule lost 0.04–0.25 points to the paper's stages on LeNet-300-100 and
+    diverged on one LeNet-5 seed of three at 3 epochs (H = J = Q = 5, lr 0.05). The
+    blow-up is in Reactivate & Explore (all of Θ_P trains at once at Θ_K's LR);
+    ``explore_lr=0.1`` prevents it there but costs short stages 2–6 points on MNIST-1D. A
+    task's ``new_grown_fraction`` (in the grow records) says which way to go: short stages
+    where it is high at the paper's stages (0.36–0.73 on MNIST-1D), longer ones where Grow
+    mostly returns the weights it pruned (0.08–0.21 on Fashion-MNIST at 3–8 epochs). Without
+    ``total_steps`` it is the floor, 5."""
     if total_steps is None:
         return MIN_STAGE
     return max(MIN_STAGE, round(int(total_steps) / STEPS_PER_STAGE) // 2)
