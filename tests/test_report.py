@@ -51,6 +51,15 @@ def test_run_table_shows_a_channel_method_s_cost_target():
     assert report.run_table([s]).splitlines()[2].startswith("| halp | 0.5 × dense latency | 0.4200 | 90.00 |")
 
 
+def test_structure_series_golden():
+    recs = [{"event": "train", "step": 1, "loss": 2.0},
+            {"event": "grow", "step": 10, "iou_grow": 0.9, "new_grown_fraction": 0.25, "n_grown": 4},
+            {"event": "prune", "step": 15, "survival_rate": 0.5},
+            {"event": "grow", "step": 20, "iou_grow": 0.8, "new_grown_fraction": 0.75}]
+    assert report.structure_series(recs) == {"iou_grow": ([10, 20], [0.9, 0.8]), "survival_rate": ([15], [0.5]),
+                                             "new_grown_fraction": ([10, 20], [0.25, 0.75])}
+
+
 def test_structure_plot_only_when_the_method_logged_updates(tmp_path):
     run = make_run(tmp_path / "s", method="static", updates=False)
     report.render(run)

@@ -3,7 +3,8 @@
 * A run directory (``summary.json`` + ``metrics.jsonl``) gets ``plots/loss.png``,
   ``plots/accuracy.png``, ``plots/density.png`` (per-layer density bars) and, when
   the method logged structure updates, ``plots/structure.png`` (mask IoU, survival
-  rate and exploration degree over steps; IEE §4.4, DST-EE §3).
+  rate, exploration degree and the share of grown weights that are new, over steps;
+  IEE §4.4, DST-EE §3).
 * A compare directory (one run directory per cell) gets ``results.csv``,
   ``results.md`` (mean ± sample std over seeds per method and density),
   ``plots/accuracy_vs_density.png`` and ``plots/structure.png`` with every dynamic
@@ -26,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STRUCTURE_KEYS = ("iou_grow", "iou_prune", "survival_rate", "exploration_degree")
+STRUCTURE_KEYS = ("iou_grow", "iou_prune", "survival_rate", "exploration_degree", "new_grown_fraction")
 CSV_FIELDS = ("method", "density", "seeds", "test_top1_mean", "test_top1_std", "final_density_mean",
               "train_flops_relative_mean", "train_flops_physical_relative_mean", "steps", "wall_seconds_mean")
 PPL_FIELDS = ("val_perplexity_mean", "val_perplexity_std")  # added where the runs are language models
