@@ -650,15 +650,23 @@ def test_lr_clock_is_validated():
         make(lr_clock="trained", freeze=False)
 
 
-def test_budget_aware_preset_is_the_trained_clock_and_off_by_default():
+def test_budget_aware_preset_is_the_trained_clock_and_taylor_and_off_by_default():
     _, _, paper = make()
-    assert paper.config.lr_clock == "step" and paper.config.budget_aware is False
-    _, _, a = make(budget_aware=True)
-    _, _, b = make(lr_clock="trained")
-    assert a.config.lr_clock == "trained"
+    assert (paper.config.lr_clock, paper.config.criterion, paper.config.budget_aware) == ("step", "magnitude", False)
+    model_a, opt_a, a = make(budget_aware=True)
+    model_b, opt_b, b = make(lr_clock="trained", criterion="taylor")
+    assert (a.config.lr_clock, a.config.criterion) == ("trained", "taylor")
     assert [a.lr_step(s) for s in range(40)] == [b.lr_step(s) for s in range(40)]
+    # the preset is exactly those two options: the same run, step for step
+    train(model_a, opt_a, a, 40)
+    train(model_b, opt_b, b, 40)
+    assert a.checksum() == b.checksum()
+    assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
     with pytest.raises(ValueError, match="budget_aware"):
         make(budget_aware="yes")
+    # Taylor is summed over Importance Estimation, whose first instance has H − 1 iterations
+    with pytest.raises(ValueError, match="criterion 'taylor'.*H must be >= 2"):
+        make(budget_aware=True, H=1)
 
 
 def test_budget_stage_length_reproduces_the_measured_configuration():
@@ -676,7 +684,7 @@ def test_budget_aware_leaves_the_stages_as_given():
     paper = build(total_steps=4000)
     assert (paper.H, paper.J, paper.Q, paper.update_interval) == (100, 100, 100, 300)
     aware = build(total_steps=4000, budget_aware=True)
-    assert (aware.H, aware.J, aware.Q, aware.lr_clock) == (100, 100, 100, "trained")
+    assert (aware.H, aware.J, aware.Q, aware.lr_clock, aware.criterion) == (100, 100, 100, "trained", "taylor")
     from regrow.methods.iee import budget_stage_length
     k = budget_stage_length(4960)
     short = build(total_steps=4960, budget_aware=True, H=k, J=k, Q=k)

@@ -42,7 +42,7 @@ CASES = _cases()
 # ``lr_step`` as regrow's loop does (IEE's ``lr_clock`` acts through it).
 OPTION_CASES = [
     pytest.param("iee", structure, density, opts, id=f"iee-{structure}-{density}-{'-'.join(map(str, opts.values()))}")
-    for opts in ({"lr_clock": "trained"}, {"explore_lr": 0.1}, {"budget_aware": True})
+    for opts in ({"lr_clock": "trained"}, {"explore_lr": 0.1}, {"budget_aware": True}, {"criterion": "taylor"})
     for structure, density in (("unstructured", 0.1), ("unstructured", 0.02), ("nm", None))
 ] + [
     # fan-in with SRigL's neuron ablation, every method that regrows; γ_sal = 0.9 makes
