@@ -67,6 +67,9 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     "iee-period-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}"],  # more, shorter ones
     "iee-period-0.25x": lambda k: [f"H={max(2, k // 4)}", f"J={max(2, k // 4)}", f"Q={max(2, k // 4)}"],
     "iee-lrclock-0.5x": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained"],
+    # the preset as it is now (lr_clock=trained, criterion=taylor) with short stages; on the code
+    # of session 6 the same runs as iee-lrclock-0.5x with --opt criterion=taylor
+    "iee-budget": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "budget_aware=true"],
     "iee-q1": lambda k: ["Q=1"],                                 # one explore step per IEE step
     "iee-0.5x-q1-lrclock": lambda k: [f"H={k // 2}", f"J={k // 2}", "Q=1", "lr_clock=trained"],
     # controls: (almost) no structure change, so what is left is the cost of the frozen steps
