@@ -144,8 +144,7 @@ class SparsityCallback(Callback):
         self.method = self.spec.build(fit.model, fit.optimizer, fit.facts, framework_lr=self.framework_lr)
         if self._pending is not None:
             payload, self._pending = self._pending, None
-            self.restore(fit.model, payload["sparsity"], payload.get("live") or {})
-            self.loss_watch = dict(payload.get("loss_watch") or {})
+            self._restore_payload(fit.model, payload)
 
     def restore(self, model: nn.Module, method_state: Dict[str, Any],
                 live: Optional[Dict[str, torch.Tensor]] = None) -> None:
@@ -177,8 +176,11 @@ class SparsityCallback(Callback):
         if self.method is None or model is None:
             self._pending = payload
         else:
-            self.restore(model, payload["sparsity"], payload.get("live") or {})
-            self.loss_watch = dict(payload.get("loss_watch") or {})
+            self._restore_payload(model, payload)
+
+    def _restore_payload(self, model: nn.Module, payload: Dict[str, Any]) -> None:
+        self.restore(model, payload["sparsity"], payload.get("live") or {})
+        self.loss_watch = dict(payload.get("loss_watch") or {})
 
     # ---- the step --------------------------------------------------------------------
     def on_before_optimizer_step(self, fit: Any) -> None:

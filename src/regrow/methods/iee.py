@@ -121,8 +121,11 @@ def budget_stage_length(total_steps: Optional[int]) -> int:
     ``explore_lr=0.1`` prevents it there but costs short stages 2–6 points on MNIST-1D. A
     task's ``new_grown_fraction`` (in the grow records) says which way to go: short stages
     where it is high at the paper's stages (0.36–0.73 on MNIST-1D), longer ones where Grow
-    mostly returns the weights it pruned (0.08–0.21 on Fashion-MNIST at 3–8 epochs). Without
-    ``total_steps`` it is the floor, 5."""
+    mostly returns the weights it pruned (0.08–0.21 on Fashion-MNIST at 3–8 epochs). All
+    of this was measured with the magnitude criterion; with ``budget_aware=True`` (Taylor)
+    these short stages led RigL at every MNIST-1D budget and came within 0.4 points of it on
+    Fashion-MNIST from 3 epochs (RESULTS.md, issue 15, section 7). Without ``total_steps``
+    it is the floor, 5."""
     if total_steps is None:
         return MIN_STAGE
     return max(MIN_STAGE, round(int(total_steps) / STEPS_PER_STAGE) // 2)
