@@ -770,6 +770,7 @@ def test_growing_back_what_was_pruned_warns_half_way_through_the_iee_steps():
     with pytest.warns(UserWarning, match=r"in 5 of the first 5 IEE steps Grow brought back mostly") as caught:
         train(model, opt, m, 35)   # the 5th grow starts iteration 35 (after optimizer step 34)
     assert caught[0].filename == __file__   # the user's line, not torch's optimizer hook
+    assert "budget_aware=True" in str(caught[0].message)   # magnitude: the criterion is the fix
     recs = _grow_records(m)
     grows = [r for r in recs if r["event"] == "grow"]
     assert len(grows) == 5 and all(r["new_grown_fraction"] == 0.0 for r in grows)
