@@ -252,10 +252,10 @@ class IEEConfig(DynamicConfig):
         (``new_grown_fraction`` 0.08 vs 0.42 on Fashion-MNIST at 3 epochs). With Taylor,
         IEE gained up to 10 points on MNIST-1D and 0.7–2 on Fashion-MNIST at 3 epochs; at
         20 epochs on Fashion-MNIST the magnitude versions were as good or better (by
-        0.15–0.7), so the preset is for short runs and off by default. It needs gradients: with ``init="criterion"`` the weights' ``.grad`` must be filled
-        when the method is built. It does not choose H, J, Q: short stages
-        (:func:`budget_stage_length`) gained on MNIST-1D but not on Fashion-MNIST, so they
-        stay an explicit choice. Nor does it set ``explore_lr``: it helps paper-length
+        0.15–0.7), so the preset is for short runs and off by default. It needs gradients:
+        with ``init="criterion"`` the weights' ``.grad`` must be filled when the method is
+        built. It does not choose H, J, Q: short stages (:func:`budget_stage_length`)
+        gained on MNIST-1D but not on Fashion-MNIST, so they stay an explicit choice. Nor does it set ``explore_lr``: it helps paper-length
         stages and hurts short ones.
     """
 
