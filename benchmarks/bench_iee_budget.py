@@ -20,9 +20,11 @@ Recipe (the quality grid's, RESULTS.md "1. Quality grid"): cnn1d on mnist1d, lr 
 both SGD momentum 0.9, cosine, wd 5e-4, batch 128, ERK, α = 0.3, T_end = 0.75·T, one torch
 thread, test set evaluated at the end only. ``--model`` / ``--lr`` override the task's.
 
-Budget-aware IEE is the group ``iee-lrclock-0.5x``: ``budget_aware=True`` (=
-``lr_clock=trained``) with short stages, H = J = Q = ⌊k/2⌋. Results and the exact commands:
-benchmarks/RESULTS.md, "IEE at the budgets users actually run".
+Budget-aware IEE is the group ``iee-budget``: the preset ``budget_aware=True``
+(``lr_clock=trained``, ``criterion=taylor``) with short stages, H = J = Q = ⌊k/2⌋; the
+group ``iee-lrclock-0.5x`` is the same stages with the LR clock only (the preset before it
+took the Taylor criterion; with ``--opt criterion=taylor`` it runs the preset). Results and
+the exact commands: benchmarks/RESULTS.md, "IEE at the budgets users actually run".
 
     python benchmarks/bench_iee_budget.py --out runs/budget --epochs 10,20,40,80,160 \\
         --groups rigl,iee,iee-lrclock-0.5x,set,dense --densities 0.1,0.05 --seeds 0,1,2
@@ -50,7 +52,9 @@ STEPS_PER_EPOCH = {"mnist1d": 31,          # 4000 samples, batch 128, last parti
                    "fashion-mnist": 468}   # 60000 samples, batch 128, last partial batch dropped
 # each task's quality-grid recipe (RESULTS.md, "1. Quality grid"): model and learning rate
 RECIPE = {"mnist1d": {"model": "cnn1d", "lr": 0.1}, "fashion-mnist": {"model": "lenet5", "lr": 0.05}}
-BUDGET = "iee-lrclock-0.5x"   # budget-aware IEE: budget_aware=True (lr_clock=trained) with short stages
+# budget-aware IEE for the report's difference columns: the preset with short stages, or (runs
+# made before it took the Taylor criterion) the LR clock with short stages
+BUDGET_GROUPS = ("iee-budget", "iee-lrclock-0.5x")
 EXPLORE_LR = 0.1             # the explore_lr measured (≈ the density 0.1: Θ_P is ~9× Θ_K there)
 BASELINES = ("dense", "set", "rigl", "rigl-0.5x")   # rigl-0.5x: ΔT = 3·(k // 2), as iee-*-0.5x
 # IEE variants: group name -> extra --opt switches given H = J = Q = k (``iee`` is the
@@ -102,11 +106,12 @@ def run(out: Path, epochs: int, group: str, densities: str, seeds: str, data: st
            "--epochs", str(epochs), "--batch-size", "128", "--optimizer", "sgd", "--lr", f"{lr:g}",
            "--momentum", "0.9", "--weight-decay", "5e-4", "--schedule", "cosine", "--device", "cpu",
            "--quiet", "--threads", "1", "--eval-every", "100000", "--log-every", "100000", "--deterministic",
-           "--out", str(out / f"e{epochs}" / group), *extra]
+           "--out", str(out / f"e{epochs}" / group)]
     if group != "dense":   # ΔT means nothing to dense (compare refuses it)
         cmd += ["--update-interval", str(dt)]
     for o in opts:
         cmd += ["--opt", o]
+    cmd += extra   # last, so that an --opt given here overrides the group's (the last --opt wins)
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -155,6 +160,7 @@ def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, 
     if budgets_shown:
         budgets = [e for e in budgets if e in budgets_shown]
     densities = sorted({k[2] for k in rows if k[2] < 1}, reverse=True)
+    budget = next((g for g in BUDGET_GROUPS if g in names), BUDGET_GROUPS[0])
 
     def get(e, n, dens):
         return rows.get((e, n, 1.0 if n == "dense" else dens), [])
@@ -163,7 +169,7 @@ def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, 
         print(f"\n### {model} on {data}, density {dens:g} ERK: test top-1 (%), mean ± std over seeds "
               f"(n = seeds where not 3)\n")
         print("| epochs (steps) | k | " + " | ".join(names)
-              + f" | iee − rigl | {BUDGET} − best rigl | {BUDGET} − iee |")
+              + f" | iee − rigl | {budget} − best rigl | {budget} − iee |")
         print("|---|---|" + "---|" * len(names) + "---|---|---|")
         for e in budgets:
             cols, acc = [], {}
@@ -181,8 +187,8 @@ def report(out: Path, per_seed: bool = False, show: Optional[List[str]] = None, 
                 cols.append(cell)
             best_rigl = max([acc[r] for r in ("rigl", "rigl-0.5x") if r in acc], default=None)
             diffs = [f"{acc['iee'] - acc['rigl']:+.2f}" if "iee" in acc and "rigl" in acc else "—",
-                     f"{acc[BUDGET] - best_rigl:+.2f}" if BUDGET in acc and best_rigl is not None else "—",
-                     f"{acc[BUDGET] - acc['iee']:+.2f}" if BUDGET in acc and "iee" in acc else "—"]
+                     f"{acc[budget] - best_rigl:+.2f}" if budget in acc and best_rigl is not None else "—",
+                     f"{acc[budget] - acc['iee']:+.2f}" if budget in acc and "iee" in acc else "—"]
             print(f"| {e} ({e * STEPS_PER_EPOCH[data]}) | {hjq(e, data)} | " + " | ".join(cols)
                   + " | " + " | ".join(diffs) + " |")
         print(f"\nSame cells, density {dens:g}: final-epoch training loss / mean survival rate (over "
