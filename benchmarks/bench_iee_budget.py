@@ -21,10 +21,9 @@ both SGD momentum 0.9, cosine, wd 5e-4, batch 128, ERK, α = 0.3, T_end = 0.75·
 thread, test set evaluated at the end only. ``--model`` / ``--lr`` override the task's.
 
 Budget-aware IEE is the group ``iee-budget``: the preset ``budget_aware=True``
-(``lr_clock=trained``; ``criterion=taylor`` below Q = 20, magnitude from there) with short
-stages, H = J = Q = ⌊k/2⌋; ``iee-lrclock-0.5x`` is those stages with the clock and magnitude
-(the preset from Q = 20 on), ``iee-lrclock-0.5x-taylor`` with the clock and Taylor (the
-preset below Q = 20, and session 6's preset at any Q). Results and
+(``lr_clock=trained``, ``criterion=taylor``) with short stages, H = J = Q = ⌊k/2⌋; the
+group ``iee-lrclock-0.5x`` is the same stages with the LR clock only (the preset before it
+took the Taylor criterion; with ``--opt criterion=taylor`` it runs the preset). Results and
 the exact commands: benchmarks/RESULTS.md, "IEE at the budgets users actually run".
 
     python benchmarks/bench_iee_budget.py --out runs/budget --epochs 10,20,40,80,160 \\
@@ -75,10 +74,6 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     # the preset as it is now (lr_clock=trained, criterion=taylor) with short stages; on the code
     # of session 6 the same runs as iee-lrclock-0.5x with --opt criterion=taylor
     "iee-budget": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "budget_aware=true"],
-    # the preset of session 6 at any stage length (Taylor also from Q = 20, where the preset
-    # now keeps magnitude, i.e. runs iee-lrclock-0.5x)
-    "iee-lrclock-0.5x-taylor": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "lr_clock=trained",
-                                          "criterion=taylor"],
     "iee-q1": lambda k: ["Q=1"],                                 # one explore step per IEE step
     "iee-0.5x-q1-lrclock": lambda k: [f"H={k // 2}", f"J={k // 2}", "Q=1", "lr_clock=trained"],
     # controls: (almost) no structure change, so what is left is the cost of the frozen steps
