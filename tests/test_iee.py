@@ -684,29 +684,11 @@ def test_budget_aware_leaves_the_stages_as_given():
     paper = build(total_steps=4000)
     assert (paper.H, paper.J, paper.Q, paper.update_interval) == (100, 100, 100, 300)
     aware = build(total_steps=4000, budget_aware=True)
-    # the paper's stages: the clock, and the paper's criterion (Q >= 20)
-    assert (aware.H, aware.J, aware.Q, aware.lr_clock, aware.criterion) == (100, 100, 100, "trained", "magnitude")
+    assert (aware.H, aware.J, aware.Q, aware.lr_clock, aware.criterion) == (100, 100, 100, "trained", "taylor")
     from regrow.methods.iee import budget_stage_length
     k = budget_stage_length(4960)
     short = build(total_steps=4960, budget_aware=True, H=k, J=k, Q=k)
-    assert (short.H, short.J, short.Q, short.update_interval, short.criterion) == (13, 13, 13, 39, "taylor")
-
-
-def test_budget_aware_takes_taylor_below_twenty_explore_iterations_and_magnitude_from_there():
-    def criterion(**cfg):
-        model = MLP()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        return regrow.create("iee", model, opt, density=0.3, total_steps=4000, **cfg).config.criterion
-    # by Q alone (the explore stage), whatever criterion is given
-    assert criterion(budget_aware=True, H=5, J=5, Q=19) == "taylor"
-    assert criterion(budget_aware=True, H=5, J=5, Q=20) == "magnitude"
-    assert criterion(budget_aware=True, H=30, J=30, Q=19, criterion="gradient") == "taylor"
-    assert criterion(budget_aware=True, H=5, J=5, Q=20, criterion="gradient") == "magnitude"
-    # without the preset the criterion is the user's, at any Q
-    assert criterion(H=5, J=5, Q=5) == "magnitude" and criterion(Q=50, criterion="taylor") == "taylor"
-    # budget_stage_length crosses Q = 20 at about 7,300 steps
-    from regrow.methods.iee import TAYLOR_BELOW_Q, budget_stage_length
-    assert budget_stage_length(7300) < TAYLOR_BELOW_Q <= budget_stage_length(7400)
+    assert (short.H, short.J, short.Q, short.update_interval) == (13, 13, 13, 39)
 
 
 # ---- explore_lr: Θ_P's LR during Reactivate & Explore (issue 15) -----------------------

@@ -206,13 +206,6 @@ def test_lr_clock_is_inherited_and_stands_still_on_frozen_steps():
         assert explore and all(clock[s] == clock[s - 1] for s in explore)
 
 
-def test_budget_aware_keeps_taylor_on_batchnorm_at_any_stage_length():
-    # unstructured IEE switches to magnitude from Q = 20; channels have one criterion
-    for q in (2, 20, 50):
-        _, _, meth = make(budget_aware=True, Q=q, total_steps=400)
-        assert (meth.config.criterion, meth.config.lr_clock) == ("taylor", "trained")
-
-
 def test_explore_lr_is_inherited_and_scales_only_the_explore_steps():
     m, opt, meth = make(explore_lr=0.5)
     inside, stages = [], []

@@ -50,9 +50,8 @@ Budget-aware options (issue 15, not in the paper; the defaults are the paper's m
 during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
 ``explore_lr`` scales Θ_P's LR during Reactivate & Explore (every inactive weight trains
 at once there: ≈ 1/d times as many as in a sparse step); ``budget_aware=True`` is the
-preset of what measured better across budgets: the trained clock, and the Taylor
-criterion (the paper's criterion for channels, here for weights too) in stages shorter
-than ``TAYLOR_BELOW_Q`` iterations, magnitude in longer ones. Each Grow records
+preset of what measured better at short budgets: the trained clock and the Taylor
+criterion (the paper's criterion for channels, here for weights too). Each Grow records
 ``new_grown_fraction`` (the share of the grown weights that were not active before the
 step's Prune); when most of the first half of the IEE steps grow back < 10% new weights,
 IEE warns once.
@@ -91,13 +90,10 @@ SNAP_PARAM = SNAP + "param"
 SNAP_OPT = SNAP + "opt."
 
 STAGES = ("estimate", "improve", "explore", "train")
-# what ``budget_aware=True`` sets (issue 15): Θ_K's own LR clock, and, with Reactivate &
-# Explore shorter than TAYLOR_BELOW_Q iterations, Taylor |g ⊙ w| summed over each stage as the
-# criterion, under which explored never-active weights can outrank the pruned ones (with
-# magnitude, short stages grew back what they pruned); from TAYLOR_BELOW_Q on it keeps magnitude,
-# which measured better there (Fashion-MNIST at 20 and 40 epochs, Q = 25 and 50)
-BUDGET_AWARE = {"lr_clock": "trained"}
-TAYLOR_BELOW_Q = 20
+# what ``budget_aware=True`` sets (issue 15): Θ_K's own LR clock, and Taylor |g ⊙ w| summed
+# over each stage as the criterion, under which explored never-active weights can outrank
+# the pruned ones (with magnitude, short runs grew back what they pruned)
+BUDGET_AWARE = {"lr_clock": "trained", "criterion": "taylor"}
 # the short-budget stage length of budget_stage_length: H = J = Q = max(MIN_STAGE, round(T / STEPS_PER_STAGE) // 2)
 STEPS_PER_STAGE = 186
 MIN_STAGE = 5
@@ -127,11 +123,10 @@ def budget_stage_length(total_steps: Optional[int]) -> int:
     task's ``new_grown_fraction`` (in the grow records) says which way to go: short stages
     where it is high at the paper's stages (0.36–0.73 on MNIST-1D), longer ones where Grow
     mostly returns the weights it pruned (0.08–0.21 on Fashion-MNIST at 3–8 epochs). All
-    of this was measured with the magnitude criterion; with ``budget_aware=True`` (Taylor
-    below Q = 20, i.e. below about 7,300 steps with this rule; magnitude above) these short
-    stages led RigL at every MNIST-1D budget and came within 0.4 points of it on
-    Fashion-MNIST LeNet-5 at 3–40 epochs (RESULTS.md, issue 15, sections 7 and 8). Without
-    ``total_steps`` it is the floor, 5."""
+    of this was measured with the magnitude criterion; with ``budget_aware=True`` (Taylor)
+    these short stages led RigL at every MNIST-1D budget and came within 0.4 points of it on
+    Fashion-MNIST LeNet-5 at 3–20 epochs (RESULTS.md, issue 15, section 7). Without ``total_steps``
+    it is the floor, 5."""
     if total_steps is None:
         return MIN_STAGE
     return max(MIN_STAGE, round(int(total_steps) / STEPS_PER_STAGE) // 2)
@@ -249,22 +244,19 @@ class IEEConfig(DynamicConfig):
         benchmarks/RESULTS.md, issue 15). Scaling by about d keeps the step comparable.
         Applied by the method from the optimizer's step hooks (:meth:`step_lr_scale`), so
         it acts in any training loop; needs ``freeze`` (otherwise Θ_K shares the step).
-    budget_aware: the preset of what measured better (benchmarks/RESULTS.md, issue 15):
-        ``True`` sets ``lr_clock="trained"`` and the criterion by the stage length, whatever
-        those say: ``criterion="taylor"`` when Q < 20 (``TAYLOR_BELOW_Q``), the paper's
-        ``"magnitude"`` from Q = 20 on (channel IEE: always Taylor). ``False`` (default)
-        leaves every option as given. In short stages magnitude lets Grow take back the
-        weights just pruned (their MRU values beat explored weights that start from 0;
-        ``new_grown_fraction`` 0.08 vs 0.42 on Fashion-MNIST at 3 epochs); Taylor |g ⊙ w|
-        summed over the stage does not, and gained up to 10 points on MNIST-1D and 0.7–2 on
-        Fashion-MNIST at 3 epochs. With stages of 25 and 50 iterations (Fashion-MNIST at 20
-        and 40 epochs) magnitude was better by 0.15–0.7, hence the switch. Taylor needs
-        gradients: with ``init="criterion"`` the weights' ``.grad`` must be filled when the
-        method is built. The preset does not choose H, J, Q: short stages
-        (:func:`budget_stage_length`, which stays below Q = 20 up to about 7,300 steps) gained
-        on MNIST-1D and at 0.1 on Fashion-MNIST, not at 0.05 there, so they stay an explicit
-        choice. Nor does it set ``explore_lr``: it helps paper-length stages and hurts short
-        ones.
+    budget_aware: the preset of what measured better at short budgets (benchmarks/RESULTS.md,
+        issue 15): ``True`` sets ``lr_clock="trained"`` and ``criterion="taylor"``, whatever
+        those say. ``False`` (default) leaves every option as given. Taylor |g ⊙ w| summed
+        over each stage lets explored never-active weights (which start from 0) outrank the
+        weights just pruned; with magnitude, short runs grew back what they had pruned
+        (``new_grown_fraction`` 0.08 vs 0.42 on Fashion-MNIST at 3 epochs). With Taylor,
+        IEE gained up to 10 points on MNIST-1D and 0.7–2 on Fashion-MNIST at 3 epochs; at
+        20 epochs on Fashion-MNIST the magnitude versions were as good or better (by
+        0.15–0.7), so the preset is for short runs and off by default. It needs gradients:
+        with ``init="criterion"`` the weights' ``.grad`` must be filled when the method is
+        built. It does not choose H, J, Q: short stages (:func:`budget_stage_length`)
+        gained on MNIST-1D but not on Fashion-MNIST, so they stay an explicit choice. Nor does it set ``explore_lr``: it helps paper-length
+        stages and hurts short ones.
     """
 
     update_interval: Optional[int] = None
@@ -313,7 +305,7 @@ class IEECycle(SparseMethod):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{field} must be an integer >= {low}, got {v!r}")
         if cfg.budget_aware:
-            cfg = dataclasses.replace(cfg, **BUDGET_AWARE, criterion=self.budget_aware_criterion(cfg.Q))
+            cfg = dataclasses.replace(cfg, **BUDGET_AWARE)
         # ΔT is H + J + Q; a shared update_interval (a compare grid passes one to every
         # dynamic method) does not apply to IEE and is replaced
         self.config = dataclasses.replace(cfg, update_interval=cfg.H + cfg.J + cfg.Q)
@@ -616,21 +608,12 @@ class IEECycle(SparseMethod):
             f"cost the active weights training; {self._low_exploration_advice()}")
         self.log({"step": self.state.step, "event": "low_exploration", "low_new_steps": low, "of_steps": half})
 
-    def budget_aware_criterion(self, Q: int) -> str:
-        """The criterion ``budget_aware=True`` sets for Reactivate & Explore of ``Q`` iterations:
-        Taylor here (channel IEE's only criterion, Taylor on BatchNorm); IEE chooses by Q."""
-        return "taylor"
-
     def _low_exploration_advice(self) -> str:
-        cfg = self.config
-        if cfg.criterion == "magnitude":
+        if self.config.criterion == "magnitude":
             # magnitude favours the pruned weights' MRU values over explored ones from 0
-            fix = (f"shorten the stages below Q = {TAYLOR_BELOW_Q} (budget_stage_length), where "
-                   f"budget_aware=True switches" if cfg.budget_aware else "set budget_aware=True with "
-                   f"stages shorter than Q = {TAYLOR_BELOW_Q} (budget_stage_length): it switches")
-            return (f"{fix} to the Taylor criterion, under which explored weights can outrank the pruned ones "
-                    f"(with it and short stages IEE went from 86.99 to 88.15 on Fashion-MNIST at 3 epochs, "
-                    f"RigL 88.51: benchmarks/RESULTS.md), or " + self.low_exploration_hint)
+            return ("set budget_aware=True (it switches to the Taylor criterion, under which explored weights "
+                    "can outrank the pruned ones; with it and short stages IEE went from 86.99 to 88.15 on "
+                    "Fashion-MNIST at 3 epochs, RigL 88.51: benchmarks/RESULTS.md), or " + self.low_exploration_hint)
         return self.low_exploration_hint
 
     # ---- cost --------------------------------------------------------------------------
@@ -661,14 +644,6 @@ class IEE(IEECycle):
 
     Config = IEEConfig
     variants = (("channel", "iee_channel"),)  # --method iee --structure channel
-
-    def budget_aware_criterion(self, Q: int) -> str:
-        """Taylor for Reactivate & Explore shorter than ``TAYLOR_BELOW_Q`` iterations, else the
-        paper's magnitude (benchmarks/RESULTS.md, issue 15, sections 7 and 8): in short stages
-        a never-active weight, exploring from 0, cannot outgrow the just-pruned weights' MRU
-        magnitudes, while Taylor Σ_stage |g ⊙ w| ranks them by how much the loss moved with them;
-        with longer stages magnitude exploration finds new weights too, and measured better."""
-        return "taylor" if Q < TAYLOR_BELOW_Q else "magnitude"
 
     def init_cycle_state(self) -> None:
         cfg = self.config
