@@ -251,14 +251,15 @@ class IEEConfig(DynamicConfig):
         weights just pruned; with magnitude, short runs grew back what they had pruned
         (``new_grown_fraction`` 0.08 vs 0.42 on Fashion-MNIST at 3 epochs). With Taylor,
         IEE gained up to 10 points on MNIST-1D and 0.7–2 on Fashion-MNIST at 3 epochs. At
-        20–40 epochs on Fashion-MNIST magnitude with the same stages was 0.15–0.6 better
-        at density 0.1 but 0.26–1.1 worse on LeNet-5 at 0.05 (where it grew back the pruned
-        weights), so the preset keeps Taylor at any length; it stays off by default (the
-        paper's method). It needs gradients: with ``init="criterion"`` the weights' ``.grad``
-        must be filled when the method is built. It does not choose H, J, Q: short stages
-        (:func:`budget_stage_length`) gained on MNIST-1D and at 0.1 on Fashion-MNIST, not at
-        0.05 there, so they stay an explicit choice. Nor does it set ``explore_lr``: it
-        helps paper-length stages and hurts short ones.
+        20–40 epochs on Fashion-MNIST magnitude with the same stages was 0.15–0.4 better
+        at density 0.1 (0.6 on LeNet-300-100 at 0.05) but 0.26–1.1 worse on LeNet-5 at 0.05
+        (at 20 epochs it grew back the pruned weights), so the preset keeps Taylor at any
+        length; it stays off by default (the paper's method). It needs gradients: with
+        ``init="criterion"`` the weights' ``.grad`` must be filled when the method is built.
+        It does not choose H, J, Q: short stages (:func:`budget_stage_length`) gained on
+        MNIST-1D and at 0.1 on Fashion-MNIST, not at 0.05 there, so they stay an explicit
+        choice. Nor does it set ``explore_lr``: it helps paper-length stages and hurts short
+        ones.
     """
 
     update_interval: Optional[int] = None
