@@ -23,7 +23,9 @@ thread, test set evaluated at the end only. ``--model`` / ``--lr`` override the 
 Budget-aware IEE is the group ``iee-budget``: the preset ``budget_aware=True``
 (``lr_clock=trained``, ``criterion=taylor``) with short stages, H = J = Q = ⌊k/2⌋; the
 group ``iee-lrclock-0.5x`` is the same stages with the LR clock only (the preset before it
-took the Taylor criterion; with ``--opt criterion=taylor`` it runs the preset). Results and
+took the Taylor criterion; with ``--opt criterion=taylor`` it runs the preset);
+``iee-budget-q-half`` (H = J = k, Q = ⌊k/2⌋) and ``iee-budget-tend-0.5`` freeze Θ_K in a
+smaller share of the run. Results and
 the exact commands: benchmarks/RESULTS.md, "IEE at the budgets users actually run".
 
     python benchmarks/bench_iee_budget.py --out runs/budget --epochs 10,20,40,80,160 \\
@@ -74,6 +76,11 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     # the preset as it is now (lr_clock=trained, criterion=taylor) with short stages; on the code
     # of session 6 the same runs as iee-lrclock-0.5x with --opt criterion=taylor
     "iee-budget": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "budget_aware=true"],
+    # the preset with Θ_K frozen in a smaller share of the run (session 8): the paper's H = J = k
+    # with a half-length Reactivate & Explore, or the short stages over half the run
+    "iee-budget-q-half": lambda k: [f"H={k}", f"J={k}", f"Q={k // 2}", "budget_aware=true"],
+    "iee-budget-tend-0.5": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "budget_aware=true",
+                                      "end_fraction=0.5"],
     "iee-q1": lambda k: ["Q=1"],                                 # one explore step per IEE step
     "iee-0.5x-q1-lrclock": lambda k: [f"H={k // 2}", f"J={k // 2}", "Q=1", "lr_clock=trained"],
     # controls: (almost) no structure change, so what is left is the cost of the frozen steps
