@@ -127,7 +127,8 @@ def budget_stage_length(total_steps: Optional[int]) -> int:
     these short stages led RigL at every MNIST-1D budget and came within 0.4 points of it on
     Fashion-MNIST LeNet-5 at 3–40 epochs (RESULTS.md, issue 15, sections 7 and 8); there,
     longer exploitation stages, H = J = 2·k with Q = k, froze Θ_K in 15% of the run instead of
-    25% and closed the gap at 3 epochs (section 9), costing 0.3–3 points on MNIST-1D. Without
+    25% and closed the gap at 3 epochs (section 9), but lost 0.4 points at 20 epochs 0.05
+    and 0.3–3 points on MNIST-1D. Without
     ``total_steps`` it is the floor, 5."""
     if total_steps is None:
         return MIN_STAGE
