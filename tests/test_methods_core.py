@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import regrow
 from conftest import TinyMLP, TinyNet, tiny_batch, tiny_loss
@@ -248,6 +249,23 @@ def test_nm_methods_hold_two_of_four(tiny_net):
         m.step()
         for mask in m.state.masks.values():
             assert torch.all(mask.movedim(1, -1).reshape(-1, 4).sum(1) == 2)
+
+
+def test_nm_layers_kept_dense_need_no_blocks_of_m():
+    # LeNet-5's stem has one input channel: no 2:4 blocks, but dense_first_last keeps it dense
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 8), nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="'0.weight' to be divisible by m=4"):
+        regrow.create("rigl", model, opt, structure="nm", total_steps=20)
+    m = regrow.create("rigl", model, opt, structure="nm", dense_first_last=True, total_steps=20, update_interval=2)
+    masks = m.state.masks
+    assert masks["0.weight"].all() and masks["4.weight"].all()
+    assert torch.all(masks["3.weight"].reshape(-1, 4).sum(1) == 2)
+    for step in range(1, 8):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(2, 1, 6, 6)), torch.tensor([0, 3])).backward()
+        m.step()
+    assert m.state.masks["0.weight"].all() and torch.all(m.state.masks["3.weight"].reshape(-1, 4).sum(1) == 2)
 
 
 def test_methods_declare_what_they_take_from_the_run():

@@ -246,8 +246,10 @@ class SparseMethod(metaclass=_MethodMeta):
         check_in_optimizer(self.params, self.optimizer)
         self._pristine = Pristine(self.params, self.optimizer)
         self.structure = make_structure(cfg.structure, cfg.n, cfg.m, **self._structure_options())
+        dense = set(self.dense_names())   # layers kept dense need not fit the structure
         for n in self.params:
-            self.structure.check(n, self._canonical_shape(n))
+            if n not in dense:
+                self.structure.check(n, self._canonical_shape(n))
 
     def initial_state(self) -> SparseState:
         """The first :class:`SparseState`: per-layer targets, the initial masks and (for
