@@ -110,6 +110,10 @@ def test_nm_layout_stores_n_of_m_and_needs_cuda_to_run():
     mod = SparseLinear.from_dense(w, None, "nm", [(1, "mm")], mask=mask)
     assert mod.values.shape == (8, 4, 2) and mod.col.dtype == torch.uint8
     torch.testing.assert_close(mod.dense_weight(), w)
+    # where the export measured 2:4 losing, the layer runs its expanded weight (any device)
+    dense = SparseLinear.from_dense(w, None, "nm", [(1, "dense")], mask=mask)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(dense(x), F.linear(x, w))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA GPU"):
             mod(torch.randn(2, 16))

@@ -8,7 +8,9 @@ Formats:
 * ``fanin`` — constant fan-in layers (structure ``fanin``) condensed to values and indices
   ``[out, k]``; a sparse layer whose k differs between neurons is an error.
 * ``nm`` — 2:4 layers as NVIDIA's semi-structured tensors (CUDA only; a clear error
-  elsewhere).
+  elsewhere), chosen per layer and batch size by measurement like ``sparse``: where the
+  2:4 kernel loses (on an H200 with torch 2.11, cuSPARSELt spends ~0.35 ms of CPU a call
+  setting up, so it loses everywhere but at very large products) the layer stays dense.
 * ``slim`` — channel slimming (:mod:`regrow.structured.slim`; needs the channel masks). The
   CLI's ``--format slim`` keeps writing the torch-only fx GraphModule it always wrote.
 
@@ -235,11 +237,11 @@ def export(model: nn.Module, path: Optional[str] = None, *, format: str = "spars
 
     example / input_shape: a model input (or the per-sample shape of one); needed to time
         1×1 convs and sequence models and to check the outputs.
-    batch_sizes: the batch sizes the per-layer choice is measured at (``sparse``/``fanin``).
+    batch_sizes: the batch sizes the per-layer choice is measured at (``sparse``/``fanin``/``nm``).
     masks: ``{param name: bool mask}`` (e.g. ``method.state.masks``) when some active weight
         may be exactly 0; by default the non-zeros are the active weights.
     timings: ``{layer name: {candidate: {batch: ms}}}`` to decide without measuring
-        (candidates ``dense``, ``csr:mv``, ``csr:ebag``, ``fanin:ebag``, ``bsr8:spmm``...).
+        (candidates ``dense``, ``csr:mv``, ``csr:ebag``, ``fanin:ebag``, ``bsr8:spmm``, ``nm:mm``...).
     threads: CPU threads while timing (1 resists a loaded machine best; None keeps).
     builder: ``{"model", "input_shape", "num_classes", "options"}`` of a regrow zoo model,
         stored so :func:`load` can rebuild it without the caller's code.
@@ -297,19 +299,12 @@ def _export(model, path, fmt, example, bs, masks, timings, threads, repeats, n, 
     try:
         for layer in layers:
             cands = _candidates(layer, fmt, n, m)
-            if fmt == "nm":   # one kernel on the GPU: no choice to make
-                t = {"dense": {b: 1.0 for b in bs}, "nm:mm": {b: 0.0 for b in bs}}
-                if timings is None:
-                    t = measure_layer(layer, cands, bs, repeats)
-                decision = {"format": "nm", "kernels": [(1, "mm")], "score": None,
-                            "dense_ms": t["dense"], "sparse_ms": t.get("nm:mm", {})}
-            else:
-                t = timings[layer.name] if timings is not None and layer.name in timings else None
-                if t is None:
-                    if timings is not None:
-                        raise ValueError(f"timings lack layer '{layer.name}' (have {sorted(timings)})")
-                    t = measure_layer(layer, cands, bs, repeats)
-                decision = choose(t)
+            t = timings[layer.name] if timings is not None and layer.name in timings else None
+            if t is None:
+                if timings is not None:
+                    raise ValueError(f"timings lack layer '{layer.name}' (have {sorted(timings)})")
+                t = measure_layer(layer, cands, bs, repeats)
+            decision = choose(t)
             entry = {"layer": layer.name, "shape": list(layer.weight.shape), "layout": layer.layout,
                      "density": layer.density, "rows_per_sample": layer.rows_per_sample,
                      "dense_ms": {str(b): v for b, v in decision["dense_ms"].items()},

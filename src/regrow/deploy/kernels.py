@@ -269,7 +269,7 @@ class SparseLinear(nn.Module):
             kernel = self._picked.get(rows)
             if kernel is None:
                 kernel = self._picked[rows] = _nearest(self.kernels, rows)
-        if self.kind == "nm":
+        if self.kind == "nm" and kernel != "dense":
             return self._nm(x2)
         if kernel == "dense":
             if self._dense is None:
