@@ -1,9 +1,20 @@
 """Shared tiny models and data for the test suite (keep additions small)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+# The device of the registry-wide invariant tests (tests/test_methods_invariants.py):
+# ``REGROW_TEST_DEVICE=cuda pytest tests/test_methods_invariants.py`` runs them on a GPU,
+# deterministically (the round trips compare two runs bit for bit). The rest of the
+# suite pins its own devices.
+DEVICE = torch.device(os.environ.get("REGROW_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
 
 
 class TinyNet(nn.Module):

@@ -39,10 +39,10 @@ def check_all_or_nothing(m, meth, opt):
         ch = meth.channels[g.name]
         for mem in g.members:
             mod = mods[mem.module]
-            idx = torch.tensor(mem.idxs)
-            dead = idx[~ch[torch.tensor(mem.root)]]
-            live = idx[ch[torch.tensor(mem.root)]]
             w = mod.weight.detach()
+            idx = torch.tensor(mem.idxs, device=w.device)
+            root = torch.tensor(mem.root, device=ch.device)
+            dead, live = idx[~ch[root]].to(w.device), idx[ch[root]].to(w.device)
             assert (w.index_select(mem.dim, dead) == 0).all(), mem
             assert (w.index_select(mem.dim, live) != 0).any(), mem
             if mem.dim == 0:

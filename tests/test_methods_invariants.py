@@ -1,5 +1,6 @@
 """Registry-wide invariants: every registered method (including ones added later) ×
-density × structure, with SGD(momentum) and Adam, checked after every step."""
+density × structure, with SGD(momentum) and Adam, checked after every step. On
+``conftest.DEVICE`` (``REGROW_TEST_DEVICE=cuda`` runs them on a GPU)."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 import regrow
-from conftest import TinyNet, tiny_batch, tiny_loss
+from conftest import DEVICE, TinyNet, tiny_batch, tiny_loss
 from regrow.train.loop import StepSchedule, lr_factor
 
 TOTAL = 40
@@ -60,6 +61,14 @@ OPTION_CASES = [
 ]
 
 
+def batch(step: int):
+    return tuple(t.to(DEVICE) for t in tiny_batch(step))
+
+
+def net(cls=TinyNet) -> nn.Module:
+    return cls().to(DEVICE)
+
+
 def scheduled(method, optimizer):
     """Sets the LR of optimizer step s (0-based) the way regrow's loop does."""
     return StepSchedule(optimizer, lambda s: lr_factor(method.lr_step(s), schedule="cosine", total_steps=TOTAL,
@@ -76,7 +85,7 @@ def build(name, structure, density, model, optimizer, **extra):
     cfg.update(extra)
     method = regrow.create(name, model, optimizer, **cfg)
     if cls.needs_data:
-        method.calibrate((tiny_batch(-1 - i) for i in range(4)), tiny_loss)
+        method.calibrate((batch(-1 - i) for i in range(4)), tiny_loss)
     return method
 
 
@@ -88,7 +97,7 @@ def make_opt(kind, model):
 
 def train_step(method, model, optimizer, step):
     optimizer.zero_grad()
-    tiny_loss(model, tiny_batch(step)).backward()
+    tiny_loss(model, batch(step)).backward()
     method.step()
 
 
@@ -153,7 +162,7 @@ def test_option_invariants_every_step(name, structure, density, opts, opt_kind):
 
 def _invariants_every_step(name, structure, density, opt_kind, opts):
     torch.manual_seed(0)
-    model = TinyNet()
+    model = net()
     opt = make_opt(opt_kind, model)
     method = build(name, structure, density, model, opt, **opts)
     sched = scheduled(method, opt) if opts else None
@@ -211,7 +220,7 @@ def test_option_state_dict_round_trip_resumes_bit_exactly(name, structure, densi
 
 def _round_trip(name, structure, density, opts):
     torch.manual_seed(0)
-    model_a = TinyNet()
+    model_a = net()
     fresh = copy.deepcopy(model_a)
     opt_a = make_opt("sgd", model_a)
     a = build(name, structure, density, model_a, opt_a, **opts)
@@ -265,7 +274,7 @@ def _dense_first_last_cases():
 @pytest.mark.parametrize("name,structure,distribution", _dense_first_last_cases())
 def test_dense_first_last_layers_stay_dense_through_every_update(name, structure, distribution):
     torch.manual_seed(0)
-    model = TinyNet()
+    model = net()
     opt = make_opt("sgd", model)
     method = build(name, structure, 0.2 if structure == "unstructured" else None, model, opt,
                    distribution=distribution, dense_first_last=True)
@@ -288,7 +297,7 @@ def test_create_resolves_the_structure_variant():
     from test_groups import TinyRes
 
     torch.manual_seed(0)
-    model = TinyRes()
+    model = net(TinyRes)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     m = regrow.create("iee", model, opt, structure="channel", input_shape=(3, 8, 8), cost="flops",
                       latency_target=0.5, H=2, J=2, Q=2, total_steps=40, end_fraction=0.75)
@@ -336,7 +345,7 @@ def test_random_configurations_keep_every_invariant(config, opt_kind, density, d
     # that cannot keep them dense (a ValueError, tested in test_distributions)
     assume(not (dense_first_last and distribution == "global" and density < 0.2))
     torch.manual_seed(0)
-    model = TinyNet()
+    model = net()
     opt = OPTIMIZERS[opt_kind](model.parameters())
     method = build(name, structure, None if structure == "nm" else density, model, opt,
                    distribution=distribution, dense_first_last=dense_first_last, **extra)
@@ -354,7 +363,7 @@ def test_random_configurations_keep_every_invariant(config, opt_kind, density, d
         method.pop_metrics()
     # the state_dict round trip restores every piece of sparsity state
     sd = copy.deepcopy(method.state_dict())
-    fresh_model = TinyNet()
+    fresh_model = net()
     fresh_model.load_state_dict(model.state_dict())
     fresh_opt = OPTIMIZERS[opt_kind](fresh_model.parameters())
     fresh_opt.load_state_dict(opt.state_dict())
@@ -377,7 +386,7 @@ def test_channel_methods_keep_the_invariants_every_step(name, opt_kind):
 
     assert set(CHANNEL) == {n for n in regrow.METHODS.names() if "channel" in regrow.METHODS.get(n).structures}
     torch.manual_seed(0)
-    model = TinyRes()
+    model = net(TinyRes)
     opt = make_opt(opt_kind, model)
     method = regrow.create(name, model, opt, input_shape=(3, 8, 8), cost="flops", latency_target=0.5,
                            total_steps=TOTAL, **CHANNEL[name])
@@ -385,7 +394,7 @@ def test_channel_methods_keep_the_invariants_every_step(name, opt_kind):
     changed = False
     for step in range(1, TOTAL + 1):
         opt.zero_grad()
-        nn.functional.cross_entropy(model(X), Y).backward()
+        nn.functional.cross_entropy(model(X.to(DEVICE)), Y.to(DEVICE)).backward()
         method.step()
         check_invariants(method, opt, prev, step)
         if method.state.counters.get("iee.phase", "exploit") == "exploit":
