@@ -211,6 +211,30 @@ def test_bad_method_or_option_fails_before_training():
         RegrowCallback("rigl", densty=0.1)
 
 
+def test_a_step_the_grad_scaler_skips_inside_the_fused_adamw_changes_nothing(tmp_path):
+    # The Trainer's default optimizer is fused AdamW: GradScaler calls its step() on an
+    # overflow too, with found_inf set, and the optimizer skips the update itself. (Found on
+    # an H200 by the CUDA test below; here a CPU GradScaler stands in for fp16's.)
+    class Overflow(RegrowTrainer):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            self.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+
+        def compute_loss(self, model, inputs, *a, **k):
+            loss = super().compute_loss(model, inputs, *a, **k)
+            return loss * float("inf") if self.state.global_step == 3 else loss
+
+    probe, T = _probe_on(Overflow)
+    cb = RegrowCallback("rigl", density=0.2, update_interval=2)
+    tr = T(model=tiny_bert(), args=_args(tmp_path, max_steps=6), train_dataset=Data(), callbacks=[cb, probe])
+    tr.train()
+    assert getattr(tr.optimizer.optimizer, "_step_supports_amp_scaling", False)   # fused
+    assert tr.optimizer.scaler is tr.accelerator.scaler
+    assert cb.sparsity.state.step == 5 and probe.steps == [1, 2, 3, 3, 4, 5]
+    assert [r["step"] for r in cb.records] == [2]   # T_end = 0.75 × 6: the same as without the overflow
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="the Trainer's fp16 GradScaler runs on CUDA only (Accelerate has no CPU fp16 scaler)")
 def test_fp16_skipped_step_changes_nothing_cuda(tmp_path):

@@ -193,6 +193,15 @@ class _MethodMeta(abc.ABCMeta):
         return obj
 
 
+def _scaler_skips(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` is a step ``torch.amp.GradScaler`` skips inside the
+    optimizer: for optimizers that handle scaling themselves (``_step_supports_amp_scaling``:
+    the fused Adam/AdamW/SGD) the scaler sets ``optimizer.found_inf`` and calls ``step()``
+    anyway. Reading the flag syncs with the device once on such steps only."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    return torch.is_tensor(found_inf) and bool(found_inf.item())
+
+
 class SparseMethod(metaclass=_MethodMeta):
     """Base of all methods. Subclasses set ``name``/``Config`` and override hooks:
 
@@ -275,6 +284,7 @@ class SparseMethod(metaclass=_MethodMeta):
         self._staged: Dict[str, Dict[str, torch.Tensor]] = {}
         self._pristine: Optional[Pristine] = None
         self._unscaled_lrs: Optional[List[Any]] = None   # the groups' LRs while one step runs scaled
+        self._skipping = False   # between the hooks of a step a fused optimizer skips (GradScaler)
         check_shardable(self.name, self.structures, self.model)
         self._sharding_checked = False
 
@@ -450,7 +460,9 @@ class SparseMethod(metaclass=_MethodMeta):
     # dense gradient and masks it; after the update :meth:`_finish_step` zeroes what
     # must be zero, advances the step and runs any structure change that is due. A step
     # the optimizer never takes (GradScaler found inf/NaN) runs neither hook, so it
-    # changes nothing and advances nothing.
+    # changes nothing and advances nothing. A fused optimizer (``Adam(fused=True)``, HF
+    # Trainer's default AdamW) is called anyway, with the scaler's ``found_inf`` set on it,
+    # and skips the update itself: the hooks see the flag and do nothing either.
     def step(self) -> None:
         """``optimizer.step()``: the masked update plus whatever structure change is due
         (the same as calling the optimizer directly; with AMP call
@@ -520,6 +532,9 @@ class SparseMethod(metaclass=_MethodMeta):
 
     def _pre_step_hook(self, optimizer, args, kwargs):
         # args[0] is the optimizer itself (torch passes the bound call's arguments)
+        if _scaler_skips(optimizer):
+            self._skipping = True   # not taken: the post-step hook must not finish it
+            return None
         scale = self.step_lr_scale()
         if scale != 1.0:
             self._unscaled_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -540,6 +555,9 @@ class SparseMethod(metaclass=_MethodMeta):
         return (args[0], masked_closure, *args[2:]), kwargs
 
     def _post_step_hook(self, optimizer, args, kwargs) -> None:
+        if self._skipping:
+            self._skipping = False
+            return
         if self._unscaled_lrs is not None:
             for g, lr in zip(optimizer.param_groups, self._unscaled_lrs):
                 g["lr"] = lr
