@@ -20,12 +20,12 @@ Recipe (the quality grid's, RESULTS.md "1. Quality grid"): cnn1d on mnist1d, lr 
 both SGD momentum 0.9, cosine, wd 5e-4, batch 128, ERK, α = 0.3, T_end = 0.75·T, one torch
 thread, test set evaluated at the end only. ``--model`` / ``--lr`` override the task's.
 
-Budget-aware IEE is the group ``iee-budget``: the preset ``budget_aware=True``
-(``lr_clock=trained``, ``criterion=taylor``) with short stages, H = J = Q = ⌊k/2⌋; the
-group ``iee-lrclock-0.5x`` is the same stages with the LR clock only (the preset before it
-took the Taylor criterion; with ``--opt criterion=taylor`` it runs the preset);
-``iee-budget-q-half`` (H = J = k, Q = ⌊k/2⌋) and ``iee-budget-tend-0.5`` freeze Θ_K in a
-smaller share of the run. Results and
+Budget-aware IEE as recommended is the group ``iee-budget-q-half``: the preset
+``budget_aware=True`` (``lr_clock=trained``, ``criterion=taylor``) with ``stages=budget``
+(H = J = k, Q = ⌊k/2⌋). The group ``iee-budget`` is the preset with equal short stages,
+H = J = Q = ⌊k/2⌋; the group ``iee-lrclock-0.5x`` is the same stages with the LR clock only
+(the preset before it took the Taylor criterion; with ``--opt criterion=taylor`` it runs the
+preset); ``iee-budget-tend-0.5`` is the equal short stages over half the run. Results and
 the exact commands: benchmarks/RESULTS.md, "IEE at the budgets users actually run".
 
     python benchmarks/bench_iee_budget.py --out runs/budget --epochs 10,20,40,80,160 \\
@@ -54,9 +54,10 @@ STEPS_PER_EPOCH = {"mnist1d": 31,          # 4000 samples, batch 128, last parti
                    "fashion-mnist": 468}   # 60000 samples, batch 128, last partial batch dropped
 # each task's quality-grid recipe (RESULTS.md, "1. Quality grid"): model and learning rate
 RECIPE = {"mnist1d": {"model": "cnn1d", "lr": 0.1}, "fashion-mnist": {"model": "lenet5", "lr": 0.05}}
-# budget-aware IEE for the report's difference columns: the preset with short stages, or (runs
-# made before it took the Taylor criterion) the LR clock with short stages
-BUDGET_GROUPS = ("iee-budget", "iee-lrclock-0.5x")
+# budget-aware IEE for the report's difference columns, the first present: the recommended
+# setting (the preset with stages=budget), the preset with equal short stages, or (runs made
+# before it took the Taylor criterion) the LR clock with short stages
+BUDGET_GROUPS = ("iee-budget-q-half", "iee-budget", "iee-lrclock-0.5x")
 EXPLORE_LR = 0.1             # the explore_lr measured (≈ the density 0.1: Θ_P is ~9× Θ_K there)
 BASELINES = ("dense", "set", "rigl", "rigl-0.5x")   # rigl-0.5x: ΔT = 3·(k // 2), as iee-*-0.5x
 # IEE variants: group name -> extra --opt switches given H = J = Q = k (``iee`` is the
@@ -77,8 +78,10 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     # of session 6 the same runs as iee-lrclock-0.5x with --opt criterion=taylor
     "iee-budget": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "budget_aware=true"],
     # the preset with Θ_K frozen in a smaller share of the run (session 8): the paper's H = J = k
-    # with a half-length Reactivate & Explore, or the short stages over half the run
-    "iee-budget-q-half": lambda k: [f"H={k}", f"J={k}", f"Q={k // 2}", "budget_aware=true"],
+    # with a half-length Reactivate & Explore (the option stages=budget, regrow.methods.iee.
+    # budget_stages, since session 9; runs before it passed H = J = k, Q = k // 2, the same
+    # values), or the short stages over half the run
+    "iee-budget-q-half": lambda k: ["stages=budget", "budget_aware=true"],
     "iee-budget-tend-0.5": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "budget_aware=true",
                                       "end_fraction=0.5"],
     "iee-q1": lambda k: ["Q=1"],                                 # one explore step per IEE step

@@ -691,6 +691,43 @@ def test_budget_aware_leaves_the_stages_as_given():
     assert (short.H, short.J, short.Q, short.update_interval) == (13, 13, 13, 39)
 
 
+def test_budget_stages_reproduce_the_measured_configuration():
+    from regrow.methods.iee import budget_stage_length, budget_stages
+    # the sweep's k = max(10, round(T/186)) and its group iee-budget-q-half: H = J = k, Q = k // 2
+    mnist1d = [budget_stages(31 * e) for e in (10, 20, 40, 80, 160)]
+    assert mnist1d == [(10, 10, 5), (10, 10, 5), (10, 10, 5), (13, 13, 6), (27, 27, 13)]
+    fashion = [budget_stages(468 * e) for e in (3, 8, 20, 40)]
+    assert fashion == [(10, 10, 5), (20, 20, 10), (50, 50, 25), (101, 101, 50)]
+    assert all(q == budget_stage_length(t) for t in (310, 4960, 1404, 18720) for q in [budget_stages(t)[2]])
+
+
+def test_stages_budget_sets_h_j_q_from_the_run_and_is_checked():
+    def build(**cfg):
+        model = MLP()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return regrow.create("iee", model, opt, density=0.3, **cfg)
+    m = build(total_steps=9360, budget_aware=True, stages="budget", H=7, J=7, Q=7)   # replaced
+    cfg = m.config
+    assert (cfg.H, cfg.J, cfg.Q, cfg.update_interval) == (50, 50, 25, 125)
+    assert (cfg.criterion, cfg.lr_clock) == ("taylor", "trained")
+    assert m.cycles == int(0.75 * 9360) // 125 == 56
+    given = build(total_steps=9360, H=7, J=7, Q=7).config
+    assert (given.H, given.stages) == (7, "given")
+    with pytest.raises(ValueError, match="stages must be one of given, budget; got 'short'"):
+        build(total_steps=100, stages="short")
+    with pytest.raises(ValueError, match="stages='budget' sets H, J, Q from total_steps"):
+        build(stages="budget")
+
+
+def test_channel_iee_refuses_the_budget_stages():
+    from test_groups import TinyRes
+    model = TinyRes()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match="stages must be 'given' for channel IEE"):
+        regrow.create("iee_channel", model, opt, input_shape=(3, 8, 8), cost="flops", latency_target=0.5,
+                      total_steps=400, stages="budget")
+
+
 # ---- explore_lr: Θ_P's LR during Reactivate & Explore (issue 15) -----------------------
 def test_explore_lr_scales_exactly_the_explore_steps_and_restores_the_lr():
     model, opt, m = make(explore_lr=0.25)

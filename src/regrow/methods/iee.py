@@ -51,7 +51,8 @@ during the frozen Reactivate & Explore iterations (:func:`iee_lr_step`);
 ``explore_lr`` scales Θ_P's LR during Reactivate & Explore (every inactive weight trains
 at once there: ≈ 1/d times as many as in a sparse step); ``budget_aware=True`` is the
 preset of what measured better at short budgets: the trained clock and the Taylor
-criterion (the paper's criterion for channels, here for weights too). Each Grow records
+criterion (the paper's criterion for channels, here for weights too); ``stages="budget"``
+sets H = J = k, Q = ⌊k/2⌋ from the run's length (:func:`budget_stages`). Each Grow records
 ``new_grown_fraction`` (the share of the grown weights that were not active before the
 step's Prune); when most of the first half of the IEE steps grow back < 10% new weights,
 IEE warns once.
@@ -90,6 +91,8 @@ SNAP_PARAM = SNAP + "param"
 SNAP_OPT = SNAP + "opt."
 
 STAGES = ("estimate", "improve", "explore", "train")
+# how H, J, Q are set: as given, or from the run's length (budget_stages)
+STAGE_RULES = ("given", "budget")
 # what ``budget_aware=True`` sets (issue 15): Θ_K's own LR clock, and Taylor |g ⊙ w| summed
 # over each stage as the criterion, under which explored never-active weights can outrank
 # the pruned ones (with magnitude, short runs grew back what they pruned)
@@ -126,13 +129,33 @@ def budget_stage_length(total_steps: Optional[int]) -> int:
     of this was measured with the magnitude criterion; with ``budget_aware=True`` (Taylor)
     these short stages led RigL at every MNIST-1D budget and came within 0.4 points of it on
     Fashion-MNIST LeNet-5 at 3–40 epochs (RESULTS.md, issue 15, sections 7 and 8); there,
-    longer exploitation stages, H = J = 2·k with Q = k, froze Θ_K in 15% of the run instead of
-    25% and closed the gap at 3 epochs (section 9), but lost 0.4 points at 20 epochs 0.05
-    and 0.3–3 points on MNIST-1D. Without
-    ``total_steps`` it is the floor, 5."""
+    longer exploitation stages, H = J = 2·k with Q = k (:func:`budget_stages`,
+    ``stages="budget"``, the recommended setting), froze Θ_K in 15% of the run instead of
+    25% and closed the gap at 3 epochs (section 9), at the price of 0.3–3 points on
+    MNIST-1D. Without ``total_steps`` it is the floor, 5."""
     if total_steps is None:
         return MIN_STAGE
     return max(MIN_STAGE, round(int(total_steps) / STEPS_PER_STAGE) // 2)
+
+
+def budget_stages(total_steps: int) -> Tuple[int, int, int]:
+    """The budget-aware stages (``stages="budget"``): H = J = k, Q = ⌊k/2⌋ with
+    k = max(10, round(T / 186)) for a run of T optimizer steps, so ΔT ≈ T / 74 (about 55
+    IEE steps before T_end = 0.75·T) and Θ_K is frozen in Q / ΔT = 20% of the iterations
+    before T_end (15% of the run), against 33% (25%) with H = J = Q. The short stage
+    ⌊k/2⌋ is :func:`budget_stage_length`.
+
+    Not in the paper (its H = J = Q = 100/150 on runs of 98k/500k iterations). Measured
+    with ``budget_aware=True`` on three tasks, 3 seeds (benchmarks/RESULTS.md, issue 15,
+    section 9): within 0.2 points of RigL or better at 23 of 24 (task, budget, density)
+    cells, MNIST-1D/cnn1d at 10–160 epochs (+0.9 to +17.7), Fashion-MNIST LeNet-5 at 3–40
+    epochs and LeNet-300-100 at 3–20 epochs, at densities 0.1 and 0.05; the miss is
+    LeNet-5 at 20 epochs, 0.05 (−0.40). Even stages H = J = Q = ⌊k/2⌋ met 19 of the 24:
+    at 3 epochs on LeNet-5 they froze Θ_K for 25% of a run that under-fits (−0.29 ± 0.08
+    over 16 seeds, against −0.04 ± 0.07 here), though they were 0.3–3 points better on
+    MNIST-1D, where both lead RigL by far."""
+    k = max(2 * MIN_STAGE, round(int(total_steps) / STEPS_PER_STAGE))
+    return k, k, k // 2
 
 
 def iee_cycles(total_steps: int, end_fraction: float, H: int, J: int, Q: int) -> int:
@@ -215,8 +238,11 @@ class IEEConfig(DynamicConfig):
 
     H, J, Q: iterations of Importance Estimation, Accuracy Improvement, Reactivate &
         Explore; ΔT = H + J + Q. ``update_interval`` is always derived from them (a value
-        passed in is replaced by H + J + Q: set H, J, Q to change ΔT). For short runs see
-        :func:`budget_stage_length`.
+        passed in is replaced by H + J + Q: set H, J, Q to change ΔT).
+    stages: ``given`` (H, J, Q as set) or ``budget``: H, J, Q from the run's length,
+        :func:`budget_stages` (H = J = k, Q = ⌊k/2⌋, k = max(10, round(T / 186))),
+        replacing the values given. With ``budget_aware=True`` it is the configuration
+        measured against RigL across budgets (issue 15); needs ``total_steps``.
     alpha: Ω_0, the initial update fraction, decayed by ``fraction_schedule`` until T_end.
     criterion: any registered criterion, used for both prune and grow; gradient-based
         ones (gradient, taylor) are summed over the stage's iterations.
@@ -259,10 +285,9 @@ class IEEConfig(DynamicConfig):
         (at 20 epochs it grew back the pruned weights), so the preset keeps Taylor at any
         length; it stays off by default (the paper's method). It needs gradients: with
         ``init="criterion"`` the weights' ``.grad`` must be filled when the method is built.
-        It does not choose H, J, Q: short stages (:func:`budget_stage_length`) gained on
-        MNIST-1D and at 0.1 on Fashion-MNIST, not at 0.05 there, so they stay an explicit
-        choice. Nor does it set ``explore_lr``: it helps paper-length stages and hurts short
-        ones.
+        It does not choose H, J, Q: pair it with ``stages="budget"`` (what was measured,
+        :func:`budget_stages`) or give your own. Nor does it set ``explore_lr``: it helps
+        paper-length stages and hurts short ones.
     """
 
     update_interval: Optional[int] = None
@@ -278,6 +303,7 @@ class IEEConfig(DynamicConfig):
     lr_clock: str = "step"
     explore_lr: float = 1.0
     budget_aware: bool = False
+    stages: str = "given"
 
 
 class IEECycle(SparseMethod):
@@ -312,6 +338,15 @@ class IEECycle(SparseMethod):
                 raise ValueError(f"{field} must be an integer >= {low}, got {v!r}")
         if cfg.budget_aware:
             cfg = dataclasses.replace(cfg, **BUDGET_AWARE)
+        if cfg.stages not in STAGE_RULES:
+            raise ValueError(f"stages must be one of {', '.join(STAGE_RULES)}; got {cfg.stages!r}")
+        if cfg.stages == "budget":
+            ts = cfg.total_steps
+            if isinstance(ts, bool) or not isinstance(ts, int) or ts <= 0:
+                raise ValueError(f"stages='budget' sets H, J, Q from total_steps, which must be a positive "
+                                 f"integer (the optimizer steps of the run); got {ts!r}")
+            H, J, Q = budget_stages(ts)
+            cfg = dataclasses.replace(cfg, H=H, J=J, Q=Q)
         # ΔT is H + J + Q; a shared update_interval (a compare grid passes one to every
         # dynamic method) does not apply to IEE and is replaced
         self.config = dataclasses.replace(cfg, update_interval=cfg.H + cfg.J + cfg.Q)
@@ -617,9 +652,10 @@ class IEECycle(SparseMethod):
     def _low_exploration_advice(self) -> str:
         if self.config.criterion == "magnitude":
             # magnitude favours the pruned weights' MRU values over explored ones from 0
-            return ("set budget_aware=True (it switches to the Taylor criterion, under which explored weights "
-                    "can outrank the pruned ones; with it and short stages IEE went from 86.99 to 88.15 on "
-                    "Fashion-MNIST at 3 epochs, RigL 88.51: benchmarks/RESULTS.md), or " + self.low_exploration_hint)
+            return ("set budget_aware=True with stages='budget' (the Taylor criterion, under which explored "
+                    "weights can outrank the pruned ones, and stages set from the run's length; with them IEE "
+                    "went from 86.99 to 88.35 on Fashion-MNIST at 3 epochs, RigL 88.51: benchmarks/RESULTS.md), "
+                    "or " + self.low_exploration_hint)
         return self.low_exploration_hint
 
     # ---- cost --------------------------------------------------------------------------

@@ -78,6 +78,9 @@ class ChannelIEE(ChannelMethod, IEECycle):
         cfg = self.config
         if cfg.criterion != "taylor":
             raise ValueError(f"criterion must be 'taylor' (Taylor on BatchNorm) for channel IEE, got {cfg.criterion!r}")
+        if cfg.stages != "given":
+            raise ValueError("stages must be 'given' for channel IEE (the budget stages were measured for "
+                             "unstructured IEE only): set H, J, Q")
         if cfg.grow_by != "criterion":
             raise ValueError("grow_by must be 'criterion' for channel IEE (the knapsack grows by importance)")
         if not isinstance(cfg.slim_after, bool):
