@@ -9,7 +9,7 @@ Formats:
   ``[out, k]``; a sparse layer whose k differs between neurons is an error.
 * ``nm`` — 2:4 layers as NVIDIA's semi-structured tensors (CUDA only; a clear error
   elsewhere), chosen per layer and batch size by measurement like ``sparse``: where the
-  2:4 kernel loses (on an H200 with torch 2.11, cuSPARSELt spends ~0.35 ms of CPU a call
+  2:4 kernel loses (on an H200 with torch 2.11, cuSPARSELt spends ~0.45 ms of CPU a call
   setting up, so it loses everywhere but at very large products) the layer stays dense.
 * ``slim`` — channel slimming (:mod:`regrow.structured.slim`; needs the channel masks). The
   CLI's ``--format slim`` keeps writing the torch-only fx GraphModule it always wrote.
