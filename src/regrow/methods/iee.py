@@ -150,7 +150,7 @@ def budget_stages(total_steps: int) -> Tuple[int, int, int]:
     section 9): within 0.2 points of RigL or better at 23 of 24 (task, budget, density)
     cells, MNIST-1D/cnn1d at 10–160 epochs (+0.9 to +17.7), Fashion-MNIST LeNet-5 at 3–40
     epochs and LeNet-300-100 at 3–20 epochs, at densities 0.1 and 0.05; the miss is
-    LeNet-5 at 20 epochs, 0.05 (−0.40). Even stages H = J = Q = ⌊k/2⌋ met 19 of the 24:
+    LeNet-5 at 20 epochs, 0.05 (−0.31 ± 0.07 over 5 seeds). Even stages H = J = Q = ⌊k/2⌋ met 19 of the 24:
     at 3 epochs on LeNet-5 they froze Θ_K for 25% of a run that under-fits (−0.29 ± 0.08
     over 16 seeds, against −0.04 ± 0.07 here), though they were 0.3–3 points better on
     MNIST-1D, where both lead RigL by far."""
