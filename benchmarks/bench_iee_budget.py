@@ -82,6 +82,10 @@ VARIANTS: Dict[str, Callable[[int], List[str]]] = {
     # budget_stages, since session 9; runs before it passed H = J = k, Q = k // 2, the same
     # values), or the short stages over half the run
     "iee-budget-q-half": lambda k: ["stages=budget", "budget_aware=true"],
+    # the frozen share of iee-budget-q-half (H = J = 2Q) with about as many IEE steps as
+    # iee-budget: Q = max(5, k // 4) (session 9)
+    "iee-budget-q4": lambda k: [f"H={2 * max(5, k // 4)}", f"J={2 * max(5, k // 4)}", f"Q={max(5, k // 4)}",
+                                "budget_aware=true"],
     "iee-budget-tend-0.5": lambda k: [f"H={k // 2}", f"J={k // 2}", f"Q={k // 2}", "budget_aware=true",
                                       "end_fraction=0.5"],
     "iee-q1": lambda k: ["Q=1"],                                 # one explore step per IEE step
