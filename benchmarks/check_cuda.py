@@ -1,14 +1,16 @@
 """regrow on a CUDA GPU, end to end: what a GPU owner runs (CI has no GPU).
 
-Every registered method trains LeNet-5 on synthetic data through regrow's Trainer on
-CUDA, in fp32 and with bfloat16 autocast (``amp``), deterministic. After every optimizer
+Every registered method (and IEE in 2:4) trains LeNet-5 (ResNet-20 for the channel
+methods) on synthetic data through regrow's Trainer on CUDA, in fp32 and with bfloat16
+autocast (``amp``), deterministic. After every optimizer
 step a callback checks the method's invariants on the GPU tensors: each mask holds its
 exact count and every inactive weight is exactly zero. Each run is then repeated with an
 interruption mid-run and ``resume``: final weights and masks must be bit-identical.
-Prints one line per (method, precision) and exits 1 on any failure.
+Prints one line per (method, structure, precision) and exits 1 on any failure;
+``--device cpu`` runs the same checks on CPU in fp32 (a dry run). On an H200: 26 of 26 pass.
 
     PYTHONPATH=src python benchmarks/check_cuda.py
-    CUBLAS_WORKSPACE_CONFIG=:4096:8 REGROW_TEST_DEVICE=cuda python -m pytest tests/test_methods_invariants.py
+    REGROW_TEST_DEVICE=cuda python -m pytest tests/test_methods_invariants.py
     PYTHONPATH=src python benchmarks/bench_nm_gpu.py          # 2:4 export, speed
 """
 from __future__ import annotations
