@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import regrow
+from bench_nm_kernels import two_four as two_four_mask
 from regrow.deploy.bench import bench, table
 
 
@@ -32,12 +33,8 @@ def two_four(model: nn.Module) -> None:
     """Keep the 2 largest |w| of every 4 consecutive inputs (what `asp` does)."""
     for mod in model.modules():
         if isinstance(mod, nn.Linear):
-            w = mod.weight.detach()
-            blocks = w.reshape(w.shape[0], -1, 4)
-            keep = blocks.abs().topk(2, dim=2).indices
-            mask = torch.zeros_like(blocks, dtype=torch.bool).scatter_(2, keep, True).reshape(w.shape)
             with torch.no_grad():
-                mod.weight.mul_(mask)
+                mod.weight.mul_(two_four_mask(mod.weight.detach()))
 
 
 def main() -> None:

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 
 from regrow.deploy.kernels import SparseLinear
 from regrow.deploy.select import time_alternating
+from regrow.structures import NM
 
 
 def two_four(w: torch.Tensor) -> torch.Tensor:
-    """The 2 largest |w| of every 4 consecutive inputs (ASP's mask)."""
-    blocks = w.reshape(w.shape[0], -1, 4)
-    keep = blocks.abs().topk(2, dim=2).indices
-    return torch.zeros_like(blocks, dtype=torch.bool).scatter_(2, keep, True).reshape(w.shape)
+    """The 2 largest |w| of every 4 consecutive inputs (ASP's mask), by regrow's N:M structure."""
+    nm = NM(2, 4)
+    return nm.topk(w.abs(), nm.count(w.shape, 0.5))
 
 
 def semi(w: torch.Tensor, cutlass: bool):
